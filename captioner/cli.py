@@ -1,0 +1,169 @@
+"""`captioner` command line: train, caption, info.
+
+User errors (bad flags, files, checkpoints) print one line `captioner: error: ...` and exit 2; they
+never show a traceback. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+from typing import Any, Sequence
+
+from .config import DECODE_METHODS, RNN_TYPES, SCHEDULERS, DecodeConfig, ModelConfig, TrainConfig
+from .errors import CaptionerError, ConfigError
+
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                                  "default.pt")
+
+
+def _add_decode_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding")
+    g.add_argument("--method", choices=DECODE_METHODS, help="decoding method (default: the checkpoint's)")
+    g.add_argument("--beam-size", dest="beam_size", type=int)
+    g.add_argument("--num-captions", dest="num_captions", type=int, help="n-best captions per input")
+    g.add_argument("--max-len", dest="max_len", type=int, help="max words per caption")
+    g.add_argument("--min-len", dest="min_len", type=int)
+    g.add_argument("--length-penalty", dest="length_penalty", type=float, help="GNMT alpha, 0 = off")
+    g.add_argument("--no-repeat-ngram-size", dest="no_repeat_ngram_size", type=int)
+    g.add_argument("--repetition-penalty", dest="repetition_penalty", type=float)
+    g.add_argument("--allow-unk", dest="suppress_unk", action="store_false", default=None,
+                   help="allow the <unk> token in outputs (suppressed by default)")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-k", dest="top_k", type=int)
+    g.add_argument("--top-p", dest="top_p", type=float)
+    g.add_argument("--seed", type=int)
+
+
+def _overrides(cls, args: argparse.Namespace) -> dict[str, Any]:
+    """The flags the user gave (not None) whose names are fields of config class `cls`."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captioner", description="Image captioning: train, caption, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a captioning model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = t.add_argument_group("data")
+    d.add_argument("--data", help="training annotations (COCO json, Karpathy json, Flickr8k token txt, jsonl, csv)")
+    d.add_argument("--images", help="folder the annotation's image paths are relative to (default: its folder)")
+    d.add_argument("--format", choices=("coco", "karpathy", "flickr8k", "jsonl", "csv"), help="default: detect")
+    d.add_argument("--split", choices=("train", "val", "test"), help="split to train on (Karpathy, Flickr8k)")
+    d.add_argument("--val-data", dest="val_data", help="validation annotations (default: --data with --val-split)")
+    d.add_argument("--val-images", dest="val_images")
+    d.add_argument("--val-split", dest="val_split", choices=("train", "val", "test"))
+    d.add_argument("--out", required=True, help="run folder for best.pt and last.pt")
+    d.add_argument("--cache-dir", dest="cache_dir", help="feature cache (default: ~/.cache/captioner/features)")
+    d.add_argument("--no-cache", dest="cache_features", action="store_false", default=None,
+                   help="encode images every epoch instead of caching frozen-encoder features")
+    d.add_argument("--resume", help="continue a run from its last.pt (model, optimizer, epoch, RNG)")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    m = t.add_argument_group("model (ignored with --resume)")
+    m.add_argument("--backbone", help="CNN encoder (default efficientnet_lite0)")
+    m.add_argument("--encoder-weights", dest="encoder_weights", help="none | pretrained | PATH to a state dict")
+    m.add_argument("--fine-tune-encoder", dest="fine_tune_encoder", type=int, help="train the last N stages")
+    m.add_argument("--rnn", choices=RNN_TYPES)
+    m.add_argument("--layers", dest="num_layers", type=int)
+    m.add_argument("--embed-dim", dest="embed_dim", type=int)
+    m.add_argument("--hidden-dim", dest="hidden_dim", type=int)
+    m.add_argument("--dropout", type=float)
+    m.add_argument("--attention", action="store_true", default=None, help="soft attention over the image grid")
+    m.add_argument("--attention-dim", dest="attention_dim", type=int)
+    m.add_argument("--tie-weights", dest="tie_weights", action="store_true", default=None)
+    o = t.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int)
+    o.add_argument("--batch-size", dest="batch_size", type=int)
+    o.add_argument("--lr", type=float)
+    o.add_argument("--encoder-lr", dest="encoder_lr", type=float)
+    o.add_argument("--weight-decay", dest="weight_decay", type=float)
+    o.add_argument("--grad-clip", dest="grad_clip", type=float, help="max gradient norm, 0 = off")
+    o.add_argument("--scheduler", choices=SCHEDULERS)
+    o.add_argument("--label-smoothing", dest="label_smoothing", type=float)
+    o.add_argument("--scheduled-sampling", dest="scheduled_sampling", type=float)
+    o.add_argument("--alpha-c", dest="alpha_c", type=float, help="doubly stochastic attention weight")
+    o.add_argument("--patience", type=int, help="early stopping patience in epochs, 0 = off")
+    o.add_argument("--min-freq", dest="min_freq", type=int, help="min word count for the vocabulary")
+    o.add_argument("--max-vocab", dest="max_vocab", type=int)
+    o.add_argument("--max-caption-len", dest="max_len", type=int, help="words per training caption")
+    o.add_argument("--seed", type=int)
+    o.add_argument("--workers", dest="num_workers", type=int, help="DataLoader worker processes")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    c = sub.add_parser("caption", help="caption image files; prints FILE<TAB>CAPTION per file")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
+    c.add_argument("--json", action="store_true", help="print one JSON object per line")
+    c.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    c.add_argument("--device", default="auto")
+    _add_decode_flags(c)
+
+    i = sub.add_parser("info", help="describe a checkpoint: model, data, scores")
+    i.add_argument("checkpoint", nargs="?")
+    return parser
+
+
+def _checkpoint_path(path: str | None) -> str:
+    if path:
+        return path
+    if os.path.isfile(DEFAULT_CHECKPOINT):
+        return DEFAULT_CHECKPOINT
+    raise ConfigError("no --checkpoint given and no default model at assets/default.pt; "
+                      "train one with `captioner train` and pass --checkpoint runs/NAME/best.pt")
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from .inference import Captioner
+
+    cap = Captioner.load(_checkpoint_path(args.checkpoint), device=args.device)
+    results = cap.caption_detailed(args.files, batch_size=max(1, args.batch_size),
+                                   **_overrides(DecodeConfig, args))
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"captioner: error: {r.error}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"file": r.source, "error": r.error}))
+        elif args.json:
+            print(json.dumps({"file": r.source, "caption": r.caption, "score": round(r.scores[0], 4),
+                              "captions": [{"caption": c, "score": round(s, 4)} for c, s in zip(r.captions, r.scores)]}))
+        else:
+            print(f"{r.source}\t{r.caption}")
+    return 1 if failed else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+
+    path = _checkpoint_path(args.checkpoint)
+    ckpt = load_checkpoint(path)
+    info = {"checkpoint": os.path.abspath(path), "format_version": ckpt["format_version"],
+            "captioner_version": ckpt.get("captioner_version"), "model": ckpt["model_config"],
+            "encoder": ckpt.get("encoder"), "vocab_size": len(ckpt["vocab"]["itos"]), "epoch": ckpt.get("epoch"),
+            "data": ckpt.get("data"), "scores": ckpt.get("scores"), "decode": ckpt.get("decode_config")}
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from .train_cli import cmd_train
+            return cmd_train(args, _overrides(ModelConfig, args), _overrides(TrainConfig, args))
+        if args.command == "caption":
+            return cmd_caption(args)
+        return cmd_info(args)
+    except CaptionerError as exc:
+        print(f"captioner: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("captioner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

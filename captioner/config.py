@@ -1,0 +1,154 @@
+"""Settings for the model, training and decoding, as plain dataclasses.
+
+Every config round-trips through a dict of primitives (that is how it lives inside a checkpoint),
+and `from_dict` rejects unknown keys so a typo in a saved or hand-written config is an error,
+not a silently ignored setting.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+C = TypeVar("C")
+
+RNN_TYPES = ("lstm", "gru")
+SCHEDULERS = ("plateau", "cosine", "none")
+
+
+def _from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    allowed = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+    obj = cls(**data)
+    obj.validate()  # type: ignore[attr-defined]
+    return obj
+
+
+@dataclass
+class ModelConfig:
+    """Encoder + decoder architecture. Everything needed to rebuild the modules before load_state_dict."""
+
+    backbone: str = "efficientnet_lite0"
+    # "none" (random init), "pretrained" (the backbone's offline or torchvision weights), or a file path.
+    encoder_weights: str = "pretrained"
+    fine_tune_encoder: int = 0  # number of last backbone stages to train; 0 = frozen
+    rnn: str = "lstm"
+    num_layers: int = 1
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    dropout: float = 0.3
+    attention: bool = False  # Show, Attend and Tell soft attention over the spatial grid
+    attention_dim: int = 256
+    tie_weights: bool = False
+
+    def validate(self) -> None:
+        if self.rnn not in RNN_TYPES:
+            raise ConfigError(f"unknown rnn {self.rnn!r}; choose one of: {', '.join(RNN_TYPES)}")
+        for name in ("num_layers", "embed_dim", "hidden_dim", "attention_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.fine_tune_encoder < 0:
+            raise ConfigError(f"fine_tune_encoder must be >= 0, got {self.fine_tune_encoder}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, data)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Stored in the checkpoint so a run can be resumed and reproduced."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3  # decoder learning rate (Adam)
+    encoder_lr: float = 1e-4  # used only when fine_tune_encoder > 0
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
+    scheduler: str = "plateau"
+    label_smoothing: float = 0.0
+    scheduled_sampling: float = 0.0  # max prob. of feeding the model's own previous token
+    alpha_c: float = 1.0  # doubly stochastic attention regularisation weight
+    patience: int = 5  # early stopping: epochs without val BLEU-4 improvement; 0 = off
+    min_freq: int = 5
+    max_vocab: int = 10000
+    max_len: int = 20  # captions are truncated to this many tokens for training and decoding
+    seed: int = 0
+    num_workers: int = 0
+    cache_features: bool = True
+
+    def validate(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        for name in ("epochs", "batch_size", "max_len", "min_freq", "max_vocab"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.scheduled_sampling <= 1.0:
+            raise ConfigError(f"scheduled_sampling must be in [0, 1], got {self.scheduled_sampling}")
+        if self.lr <= 0 or self.encoder_lr <= 0:
+            raise ConfigError("learning rates must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, data)
+
+
+DECODE_METHODS = ("greedy", "beam", "sample")
+
+
+@dataclass
+class DecodeConfig:
+    """How captions are generated. Defaults are what `caption`, `batch`, `evaluate` and the app use."""
+
+    method: str = "greedy"
+    beam_size: int = 3
+    num_captions: int = 1  # n-best: how many captions per input (<= beam_size for beam search)
+    max_len: int = 20  # words, not counting EOS
+    min_len: int = 1
+    length_penalty: float = 0.0  # GNMT alpha; 0 = plain log-prob
+    no_repeat_ngram_size: int = 0  # 0 = off
+    repetition_penalty: float = 1.0  # >1 discourages words already said (CTRL, Keskar et al. 2019); 1 = off
+    suppress_unk: bool = True
+    temperature: float = 1.0  # sampling only
+    top_k: int = 0  # sampling only; 0 = off
+    top_p: float = 1.0  # sampling only; 1 = off
+    seed: int | None = None  # sampling only
+
+    def validate(self) -> None:
+        if self.method not in DECODE_METHODS:
+            raise ConfigError(f"unknown decoding method {self.method!r}; choose one of: {', '.join(DECODE_METHODS)}")
+        if self.beam_size < 1 or self.num_captions < 1 or self.max_len < 1 or self.min_len < 0:
+            raise ConfigError("beam_size, num_captions and max_len must be >= 1, min_len >= 0")
+        if self.method == "beam" and self.num_captions > self.beam_size:
+            raise ConfigError(f"num_captions ({self.num_captions}) must be <= beam_size ({self.beam_size})")
+        if self.method == "greedy" and self.num_captions != 1:
+            raise ConfigError("greedy decoding gives one caption; use --method beam or sample for several")
+        if self.min_len > self.max_len:
+            raise ConfigError(f"min_len ({self.min_len}) must be <= max_len ({self.max_len})")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ConfigError("temperature must be > 0, top_p in (0, 1], top_k >= 0")
+        if self.repetition_penalty < 1.0 or self.length_penalty < 0 or self.no_repeat_ngram_size < 0:
+            raise ConfigError("repetition_penalty must be >= 1, length_penalty >= 0, no_repeat_ngram_size >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DecodeConfig":
+        return _from_dict(cls, data)

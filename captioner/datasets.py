@@ -1,0 +1,222 @@
+"""Readers for the common caption dataset formats, and the torch Dataset/collate used in training.
+
+Every reader returns a `CaptionSet`: one `Item` per image (path + all its captions), in file order, plus
+the images the annotations name that are not on disk (reported up front, never a crash mid-epoch).
+
+Formats (auto-detected, or forced with `format=`):
+  coco      COCO captions json: {"images": [{id, file_name}], "annotations": [{image_id, caption}]}
+  karpathy  Karpathy split json (dataset_coco.json / dataset_flickr8k.json):
+            {"images": [{filename, [filepath], split, sentences: [{raw}]}]}; split "train" includes "restval"
+  flickr8k  Flickr8k.token.txt ("<image>#<n>\\t<caption>"); the split list Flickr_8k.<split>Images.txt
+            beside it selects images (train / dev / test)
+  jsonl     one object per line: {"image": path, "caption": str} or {"image": path, "captions": [str]}
+  csv       header with `image` and `caption` (or `captions`, "|"-separated) columns
+Relative image paths are resolved against `images_dir` (default: the annotation file's folder).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from .errors import DatasetError
+from .vocab import Vocabulary
+
+FORMATS = ("coco", "karpathy", "flickr8k", "jsonl", "csv")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Item:
+    image: str  # absolute or images_dir-relative path, resolved
+    captions: list[str]
+    id: str | int
+
+
+@dataclass
+class CaptionSet:
+    items: list[Item]
+    missing: list[str] = field(default_factory=list)  # image paths named by the annotations but not on disk
+    source: str = ""
+    format: str = ""
+
+    def missing_report(self, limit: int = 5) -> str:
+        if not self.missing:
+            return ""
+        names = ", ".join(os.path.basename(p) for p in self.missing[:limit])
+        more = f" and {len(self.missing) - limit} more" if len(self.missing) > limit else ""
+        return (f"{self.source}: {len(self.missing)} of {len(self.missing) + len(self.items)} images "
+                f"are missing and will be skipped: {names}{more}")
+
+
+def detect_format(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".jsonl":
+        return "jsonl"
+    if ext == ".csv":
+        return "csv"
+    if ext == ".txt":
+        return "flickr8k"
+    if ext == ".json":
+        data = _load_json(path)
+        if isinstance(data, dict) and "annotations" in data and "images" in data:
+            return "coco"
+        if isinstance(data, dict) and data.get("images") and "sentences" in data["images"][0]:
+            return "karpathy"
+        raise DatasetError(f"{path}: json is neither COCO captions (images + annotations) nor Karpathy split "
+                           f"(images with sentences); pass --format one of: {', '.join(FORMATS)}")
+    raise DatasetError(f"{path}: cannot tell the format from extension {ext!r}; pass --format one of: "
+                       f"{', '.join(FORMATS)}")
+
+
+def read_captions(path: str, images_dir: str | None = None, format: str | None = None,
+                  split: str | None = None) -> CaptionSet:
+    """Read any supported annotation file. `split` is needed by karpathy and used by flickr8k."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: annotation file not found")
+    fmt = format or detect_format(path)
+    if fmt not in READERS:
+        raise DatasetError(f"unknown dataset format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if split is not None and split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    images_dir = images_dir if images_dir is not None else os.path.dirname(os.path.abspath(path))
+    raw = READERS[fmt](path, split)  # [(relative image path, captions, id)]
+    items, missing = [], []
+    for rel, captions, item_id in raw:
+        full = os.path.join(images_dir, rel)
+        if os.path.isfile(full):
+            items.append(Item(full, captions, item_id))
+        else:
+            missing.append(full)
+    if not items:
+        hint = f" (looked in {images_dir}; first missing: {missing[0]})" if missing else ""
+        raise DatasetError(f"{path}: no usable images with captions{hint}")
+    return CaptionSet(items, missing, path, fmt)
+
+
+def _load_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: invalid json at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not a UTF-8 text file") from None
+
+
+def _read_coco(path: str, split: str | None):
+    data = _load_json(path)
+    try:
+        images = {img["id"]: img["file_name"] for img in data["images"]}
+        captions: dict = {}
+        for i, ann in enumerate(data["annotations"]):
+            captions.setdefault(ann["image_id"], []).append(ann["caption"])
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: malformed COCO captions file (missing key {exc} in images/annotations)") from None
+    # Images without captions (e.g. coco-mini's unannotated val images) are not caption items.
+    return [(images[i], caps, i) for i, caps in captions.items() if i in images]
+
+
+def _read_karpathy(path: str, split: str | None):
+    if split is None:
+        raise DatasetError(f"{path}: Karpathy split files hold all splits; pass --split train, val or test")
+    wanted = {"train", "restval"} if split == "train" else {split}
+    out = []
+    for n, img in enumerate(_load_json(path).get("images", [])):
+        try:
+            if img["split"] in wanted:
+                rel = os.path.join(img.get("filepath", ""), img["filename"])
+                out.append((rel, [s["raw"] for s in img["sentences"]], img.get("cocoid", img.get("imgid", n))))
+        except (KeyError, TypeError) as exc:
+            raise DatasetError(f"{path}: images[{n}] lacks key {exc}") from None
+    return out
+
+
+def _read_flickr8k(path: str, split: str | None):
+    captions: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            key, sep, caption = line.rstrip("\n").partition("\t")
+            name, hash_, _ = key.partition("#")
+            if not sep or not hash_:
+                raise DatasetError(f"{path}:{lineno}: expected '<image>#<n>\\t<caption>', got {line[:60]!r}")
+            captions.setdefault(name, []).append(caption.strip())
+    names = list(captions)
+    if split is not None:
+        list_name = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
+                     "test": "Flickr_8k.testImages.txt"}[split]
+        list_path = os.path.join(os.path.dirname(path), list_name)
+        if not os.path.isfile(list_path):
+            raise DatasetError(f"{path}: split {split!r} needs {list_name} beside the token file")
+        with open(list_path, encoding="utf-8") as f:
+            names = [n.strip() for n in f if n.strip() and n.strip() in captions]
+    return [(n, captions[n], n) for n in names]
+
+
+def _read_jsonl(path: str, split: str | None):
+    by_image: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: invalid json ({exc.msg})") from None
+            _add_row(by_image, row, f"{path}:{lineno}", split)
+    return [(k, v, k) for k, v in by_image.items()]
+
+
+def _read_csv(path: str, split: str | None):
+    by_image: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, row in enumerate(csv.DictReader(f), 2):
+            if "captions" in row and row["captions"] is not None:
+                row = {**row, "captions": [c for c in row["captions"].split("|") if c.strip()]}
+            _add_row(by_image, row, f"{path}:{lineno}", split)
+    return [(k, v, k) for k, v in by_image.items()]
+
+
+def _add_row(by_image: dict, row, where: str, split: str | None) -> None:
+    if not isinstance(row, dict) or not row.get("image"):
+        raise DatasetError(f"{where}: expected an 'image' field")
+    if split is not None and row.get("split") not in (None, "", split):
+        return
+    caps = row.get("captions") or ([row["caption"]] if row.get("caption") else None)
+    if not caps or not all(isinstance(c, str) for c in caps):
+        raise DatasetError(f"{where}: expected 'caption' (text) or 'captions' (list of text)")
+    by_image.setdefault(row["image"], []).extend(caps)
+
+
+READERS: dict[str, Callable] = {"coco": _read_coco, "karpathy": _read_karpathy, "flickr8k": _read_flickr8k,
+                                "jsonl": _read_jsonl, "csv": _read_csv}
+
+
+class CaptionPairs(Dataset):
+    """One example per (image, caption) pair. `load(i)` gives image i's input: a preprocessed image tensor
+    (3,H,W), or its cached features (P,E); the caption comes encoded (BOS ... EOS), at most max_len words."""
+
+    def __init__(self, items: list[Item], vocab: Vocabulary, load: Callable[[int], torch.Tensor], max_len: int):
+        self.load = load
+        self.pairs = [(i, vocab.encode(c, max_len)) for i, item in enumerate(items) for c in item.captions]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, idx: int):
+        i, ids = self.pairs[idx]
+        return self.load(i), torch.tensor(ids, dtype=torch.long), i
+
+
+def collate_pairs(batch):
+    """-> inputs (B,...), captions (B,T+1) padded with PAD=0, image indices (B,)."""
+    inputs, caps, idx = zip(*batch)
+    captions = torch.nn.utils.rnn.pad_sequence(list(caps), batch_first=True, padding_value=0)
+    return torch.stack(inputs), captions, torch.tensor(idx)

@@ -1,0 +1,142 @@
+"""Recurrent caption decoder (LSTM or GRU), optionally with soft attention over image regions.
+
+Follows Show and Tell (Vinyals et al., CVPR 2015: image features initialise the recurrent state) and
+Show, Attend and Tell (Xu et al., ICML 2015: additive soft attention over the spatial grid, a gating
+scalar beta on the context, and the doubly stochastic regulariser on the attention weights).
+
+Shapes: B batch, T caption steps, V vocab, D embedding, E feature, H hidden, L layers, P positions, A attention.
+
+Two entry points over the same weights:
+  forward(features (B,P,E), tokens (B,T)) -> logits (B,T,V)   teacher forcing, for training
+  init_state(features) -> state; step(tokens (B,), state) -> (log_probs (B,V), state)   for decoding
+The decoding state is a dict of tensors that all have the batch on dim 0, so a beam search reorders
+any decoder's state with one `index_select(0, ...)` per entry without knowing what is inside.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+State = dict[str, torch.Tensor]
+
+
+class DecoderOutput(NamedTuple):
+    logits: torch.Tensor  # (B,T,V)
+    alphas: torch.Tensor | None  # (B,T,P) attention weights per step, None without attention
+
+
+class SoftAttention(nn.Module):
+    """Additive (Bahdanau) attention: e = w^T tanh(W_m m + W_h h), alpha = softmax_P(e)."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int):
+        super().__init__()
+        self.memory_proj = nn.Linear(feature_dim, attention_dim)
+        self.hidden_proj = nn.Linear(hidden_dim, attention_dim)
+        self.score = nn.Linear(attention_dim, 1)
+
+    def forward(self, memory: torch.Tensor, memory_proj: torch.Tensor, h: torch.Tensor):
+        # memory (B,P,E), memory_proj (B,P,A) precomputed once per image, h (B,H)
+        e = self.score(torch.tanh(memory_proj + self.hidden_proj(h).unsqueeze(1))).squeeze(2)  # (B,P)
+        alpha = F.softmax(e, dim=1)  # (B,P)
+        context = torch.bmm(alpha.unsqueeze(1), memory).squeeze(1)  # (B,E)
+        return context, alpha
+
+
+class CaptionDecoder(nn.Module):
+    def __init__(self, vocab_size: int, feature_dim: int, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.is_lstm = cfg.rnn == "lstm"
+        L, H, D, E = cfg.num_layers, cfg.hidden_dim, cfg.embed_dim, feature_dim
+        self.embed = nn.Embedding(vocab_size, D, padding_idx=0)
+        self.init_h = nn.Linear(E, L * H)
+        self.init_c = nn.Linear(E, L * H) if self.is_lstm else None
+        rnn_cls = nn.LSTM if self.is_lstm else nn.GRU
+        self.rnn = rnn_cls(D + (E if cfg.attention else 0), H, num_layers=L, batch_first=True,
+                           dropout=cfg.dropout if L > 1 else 0.0)
+        self.attention = SoftAttention(E, H, cfg.attention_dim) if cfg.attention else None
+        self.f_beta = nn.Linear(H, E) if cfg.attention else None  # gating scalar per context dim
+        self.dropout = nn.Dropout(cfg.dropout)
+        # Weight tying (Press & Wolf, 2017): the output layer reuses the embedding matrix, via H->D if needed.
+        self.out_proj = nn.Linear(H, D) if cfg.tie_weights and H != D else None
+        self.fc = nn.Linear(D if cfg.tie_weights else H, vocab_size)
+        if cfg.tie_weights:
+            self.fc.weight = self.embed.weight
+
+    # --- state -------------------------------------------------------------------------------------------
+    def init_state(self, features: torch.Tensor) -> State:
+        """features (B,P,E) -> state with h (B,L,H) [, c (B,L,H)] [, memory (B,P,E), memory_proj (B,P,A)]."""
+        B = features.size(0)
+        L, H = self.cfg.num_layers, self.cfg.hidden_dim
+        mean = features.mean(dim=1)  # (B,E)
+        state = {"h": torch.tanh(self.init_h(mean)).view(B, L, H)}
+        if self.is_lstm:
+            state["c"] = torch.tanh(self.init_c(mean)).view(B, L, H)
+        if self.attention is not None:
+            state["memory"] = features
+            state["memory_proj"] = self.attention.memory_proj(features)  # (B,P,A)
+        return state
+
+    def _rnn_hidden(self, state: State):
+        h = state["h"].transpose(0, 1).contiguous()  # (L,B,H): nn.LSTM/GRU's layout
+        return (h, state["c"].transpose(0, 1).contiguous()) if self.is_lstm else h
+
+    def _logits(self, out: torch.Tensor) -> torch.Tensor:
+        out = self.dropout(out)
+        if self.out_proj is not None:
+            out = self.out_proj(out)
+        return self.fc(out)
+
+    def _advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One recurrent step: tokens (B,) -> top-layer output (B,H), new state."""
+        x = self.embed(tokens)  # (B,D)
+        new: State = dict(state)
+        if self.attention is not None:
+            h_top = state["h"][:, -1]  # (B,H)
+            context, alpha = self.attention(state["memory"], state["memory_proj"], h_top)  # (B,E), (B,P)
+            context = torch.sigmoid(self.f_beta(h_top)) * context  # gated context (B,E)
+            x = torch.cat([x, context], dim=1)  # (B,D+E)
+            new["alpha"] = alpha
+        out, hidden = self.rnn(x.unsqueeze(1), self._rnn_hidden(state))  # out (B,1,H)
+        if self.is_lstm:
+            new["h"], new["c"] = hidden[0].transpose(0, 1), hidden[1].transpose(0, 1)  # (B,L,H)
+        else:
+            new["h"] = hidden.transpose(0, 1)
+        return out.squeeze(1), new
+
+    # --- inference -----------------------------------------------------------------------------------------
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (B,) previous words -> log-probabilities of the next word (B,V), new state.
+        With attention, the new state's "alpha" (B,P) holds this step's attention weights."""
+        out, state = self._advance(tokens, state)
+        return F.log_softmax(self._logits(out), dim=-1), state
+
+    # --- training ------------------------------------------------------------------------------------------
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, sampling_prob: float = 0.0) -> DecoderOutput:
+        """Teacher forcing: tokens (B,T) are the inputs (BOS w1 ... w_{T-1}); returns logits (B,T,V) for the
+        next word at each step. With `sampling_prob` > 0 (scheduled sampling, Bengio et al. 2015) each input
+        after the first is, with that probability, replaced by the model's own greedy prediction."""
+        state = self.init_state(features)
+        if self.attention is None and sampling_prob == 0.0:
+            # Fast path: the whole sequence in one fused RNN call; equal to stepping (tested).
+            out, _ = self.rnn(self.embed(tokens), self._rnn_hidden(state))  # (B,T,H)
+            return DecoderOutput(self._logits(out), None)
+        logits, alphas = [], []
+        prev = tokens[:, 0]
+        for t in range(tokens.size(1)):
+            if t > 0:
+                prev = tokens[:, t]
+                if sampling_prob > 0.0:
+                    use_model = torch.rand(prev.shape, device=prev.device) < sampling_prob  # (B,)
+                    prev = torch.where(use_model, logits[-1].argmax(-1).detach(), prev)
+            out, state = self._advance(prev, state)
+            logits.append(self._logits(out))  # (B,V)
+            if "alpha" in state:
+                alphas.append(state["alpha"])
+        return DecoderOutput(torch.stack(logits, 1), torch.stack(alphas, 1) if alphas else None)

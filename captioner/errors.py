@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI and the app print these as one line; anything else is a bug."""
+
+
+class CaptionerError(Exception):
+    """Base class: a bad input, flag, file or setting, with a message that names it."""
+
+
+class ConfigError(CaptionerError, ValueError):
+    """A setting has an unknown name or an out-of-range value."""
+
+
+class DatasetError(CaptionerError, ValueError):
+    """An annotation file is missing, malformed, or names no usable image."""
+
+
+class MediaError(CaptionerError, ValueError):
+    """An image or video cannot be read (missing, corrupt, not an image, too large)."""
+
+
+class CheckpointError(CaptionerError, ValueError):
+    """A checkpoint is missing, truncated, corrupt, or not a captioner checkpoint."""

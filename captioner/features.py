@@ -1,0 +1,103 @@
+"""Batched image encoding, and the on-disk feature cache for frozen encoders.
+
+A frozen CNN gives the same features for the same image every epoch, and the CNN is >90% of the cost of
+a CPU training step, so features are computed once and reused across epochs and runs.
+
+Cache layout: <cache_dir>/<key>/<file-id>.pt, one fp16 tensor (P,E) per image.
+  key     = hash of (backbone, weights source, transform spec, pooled or grid, cache format version):
+            any change to how features are made lands in a new folder, so stale features are never read.
+  file-id = hash of (absolute path, size, mtime): an edited or replaced image is re-encoded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .media import build_transform, load_image_tensor
+from .model import CaptionModel
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "captioner", "features")
+
+
+def cache_key(model: CaptionModel) -> str:
+    desc = {"backbone": model.cfg.backbone, "weights": model.encoder.weights_source,
+            "transform": model.transform_spec, "pooled": model.encoder.pool, "version": CACHE_VERSION}
+    return hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_id(path: str) -> str:
+    st = os.stat(path)
+    return hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+
+
+class ImageFiles(Dataset):
+    """Decode + preprocess image files in DataLoader workers: -> (3,H,W) tensors."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return load_image_tensor(self.paths[i], self.transform), i
+
+
+@torch.no_grad()
+def encode_images(model: CaptionModel, paths: Sequence[str], device: torch.device, batch_size: int = 32,
+                  num_workers: int = 0, cache_dir: str | None = None, progress: bool = True,
+                  should_stop: Callable[[], bool] = lambda: False) -> torch.Tensor:
+    """Features of every image, in order: (N,P,E) fp16 on the CPU. Reads/writes the cache if `cache_dir`."""
+    folder = os.path.join(cache_dir, cache_key(model)) if cache_dir else None
+    feats: list[torch.Tensor | None] = [None] * len(paths)
+    todo = list(range(len(paths)))
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        todo = []
+        for i, p in enumerate(paths):
+            f = os.path.join(folder, _file_id(p) + ".pt")
+            try:
+                feats[i] = torch.load(f, weights_only=True) if os.path.exists(f) else None
+            except Exception:  # a cache file cut short by a crash: recompute it
+                feats[i] = None
+            if feats[i] is None:
+                todo.append(i)
+    if todo:
+        was_training = model.training
+        model.eval()
+        loader = DataLoader(ImageFiles([paths[i] for i in todo], build_transform(model.transform_spec)),
+                            batch_size=batch_size, num_workers=num_workers)
+        bar = tqdm(total=len(todo), desc="encoding images", unit="img", disable=not progress, leave=False)
+        for images, local in loader:
+            out = model.encode(images.to(device)).to("cpu", torch.float16)  # (b,P,E)
+            for j, f in zip(local.tolist(), out):
+                i = todo[j]
+                feats[i] = f.clone()
+                if folder:
+                    _atomic_save(feats[i], os.path.join(folder, _file_id(paths[i]) + ".pt"))
+            bar.update(len(local))
+            if should_stop():
+                raise KeyboardInterrupt
+        bar.close()
+        model.train(was_training)
+    return torch.stack(feats)  # type: ignore[arg-type]
+
+
+def _atomic_save(tensor: torch.Tensor, path: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        torch.save(tensor, f)
+    os.replace(tmp, path)

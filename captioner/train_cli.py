@@ -1,0 +1,73 @@
+"""`captioner train`: read the data, build (or resume) the model and vocabulary, run `training.fit`."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .config import ModelConfig, TrainConfig
+from .datasets import CaptionSet, read_captions
+from .errors import ConfigError
+from .features import default_cache_dir
+from .inference import resolve_device
+from .model import build_model
+from .training import fit
+from .vocab import Vocabulary
+
+
+def _read(path: str, images: str | None, fmt: str | None, split: str | None, what: str) -> CaptionSet:
+    data = read_captions(path, images, fmt, split)
+    if data.missing:
+        tqdm.write(f"warning: {data.missing_report()}")
+    n_caps = sum(len(it.captions) for it in data.items)
+    tqdm.write(f"{what}: {len(data.items)} images, {n_caps} captions ({data.format}: {path})")
+    return data
+
+
+def cmd_train(args: argparse.Namespace, model_overrides: dict[str, Any], train_overrides: dict[str, Any]) -> int:
+    resume = None
+    if args.resume:
+        resume = load_checkpoint(args.resume)
+        if "optimizer_state" not in resume:
+            raise ConfigError(f"{args.resume}: has no training state to resume from (best.pt is for captioning; "
+                              f"resume from last.pt)")
+        stored = resume.get("data") or {}
+        for key in ("data", "images", "format", "split", "val_data", "val_images", "val_split"):
+            if getattr(args, key) is None:
+                setattr(args, key, stored.get(key))
+    if not args.data:
+        raise ConfigError("--data is required: a caption annotation file (COCO json, Karpathy json, Flickr8k "
+                          "token txt, jsonl or csv)")
+    train_set = _read(args.data, args.images, args.format, args.split, "train")
+    val_set = None
+    if args.val_data or args.val_split:
+        val_set = _read(args.val_data or args.data, args.val_images if args.val_data else args.images,
+                        args.format if not args.val_data else None, args.val_split, "val")
+    else:
+        tqdm.write("warning: no --val-data: no validation BLEU; best.pt will be the lowest-training-loss epoch")
+
+    device = resolve_device(args.device)
+    if resume is not None:
+        model, vocab = model_from_checkpoint(resume, args.resume)
+        tcfg = TrainConfig.from_dict({**resume["train_config"], **train_overrides})
+    else:
+        mcfg = ModelConfig.from_dict({**ModelConfig().to_dict(), **model_overrides})
+        tcfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **train_overrides})
+        vocab = Vocabulary.build((c for it in train_set.items for c in it.captions), tcfg.min_freq, tcfg.max_vocab)
+        model = build_model(mcfg, len(vocab))
+    tqdm.write(f"model: {model.cfg.backbone} ({model.encoder.weights_source}, "
+               f"{'frozen' if model.encoder.frozen else 'fine-tuning'}) -> {model.cfg.rnn} "
+               f"{'with attention' if model.cfg.attention else ''}; vocabulary {len(vocab)} words; device {device}")
+    meta = {"data": os.path.abspath(args.data), "images": args.images and os.path.abspath(args.images),
+            "format": train_set.format, "split": args.split, "train_images": len(train_set.items),
+            "val_data": args.val_data and os.path.abspath(args.val_data),
+            "val_images": args.val_images and os.path.abspath(args.val_images), "val_split": args.val_split}
+    summary = fit(model, vocab, train_set, val_set, tcfg, args.out, device, resume=resume,
+                  cache_dir=args.cache_dir or default_cache_dir(), meta=meta, progress=not args.quiet)
+    if not summary["stopped"]:
+        tqdm.write(f"done: best epoch {summary['best_epoch']} (score {summary['best_score'][0]:.4f}); "
+                   f"{os.path.join(args.out, 'best.pt')} and last.pt written")
+    return 0

@@ -1,0 +1,85 @@
+"""Offline tokenizer and the word vocabulary.
+
+Tokenization (shared by training, decoding and the metrics):
+  1. lowercase;
+  2. split with NLTK's Treebank-style word tokenizer (`NLTKWordTokenizer`), which needs no downloaded
+     data, unlike `nltk.word_tokenize` (it wants `punkt_tab`);
+  3. drop tokens made only of punctuation (".", ",", "''", "--", ...), as Karpathy's COCO
+     preprocessing and coco-caption's PTB tokenizer do; a word with inner punctuation survives
+     ("t-shirt", "n't", "'s").
+"""
+from __future__ import annotations
+
+import string
+from collections import Counter
+from typing import Iterable, Sequence
+
+from nltk.tokenize import NLTKWordTokenizer
+
+from .errors import CheckpointError
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+
+_TOKENIZER = NLTKWordTokenizer()
+_PUNCT = set(string.punctuation) | {"``", "''", "--", "...", "…", "“", "”", "‘", "’"}
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercased word tokens with punctuation-only tokens removed."""
+    return [t for t in _TOKENIZER.tokenize(text.lower()) if not all(ch in _PUNCT for ch in t)]
+
+
+class Vocabulary:
+    """Word <-> id map with PAD=0, BOS=1, EOS=2, UNK=3."""
+
+    def __init__(self, words: Sequence[str]):
+        words = list(words)
+        if tuple(words[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"a vocabulary must start with {SPECIALS}, got {words[:4]}")
+        if len(set(words)) != len(words):
+            raise ValueError("vocabulary words must be unique")
+        self.itos = words
+        self.stoi = {w: i for i, w in enumerate(words)}
+
+    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_freq: int = 5, max_size: int = 10000) -> "Vocabulary":
+        """Words seen at least `min_freq` times, most frequent first (ties alphabetical), at most `max_size` words
+        besides the four specials."""
+        counts = Counter(tok for caption in captions for tok in tokenize(caption))
+        kept = sorted((w for w, n in counts.items() if n >= min_freq), key=lambda w: (-counts[w], w))
+        return cls(list(SPECIALS) + kept[:max_size])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str, max_len: int | None = None) -> list[int]:
+        """BOS, word ids (UNK for unknown words; at most `max_len` words), EOS."""
+        ids = [self.stoi.get(t, self.unk_id) for t in tokenize(text)]
+        if max_len is not None:
+            ids = ids[:max_len]
+        return [self.bos_id] + ids + [self.eos_id]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text for ids, stopping at the first EOS and skipping PAD/BOS."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if i in (self.pad_id, self.bos_id):
+                continue
+            words.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
+        return " ".join(words)
+
+    def to_dict(self) -> dict:
+        return {"itos": list(self.itos)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Vocabulary":
+        try:
+            return cls(data["itos"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint vocabulary is malformed: {exc}") from None
