@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -126,14 +127,21 @@ def _read_karpathy(path: str, split: str | None):
     if split is None:
         raise DatasetError(f"{path}: Karpathy split files hold all splits; pass --split train, val or test")
     wanted = {"train", "restval"} if split == "train" else {split}
+    data = _load_json(path)
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise DatasetError(f'{path}: not a Karpathy split file (expected {{"images": [...]}})')
     out = []
-    for n, img in enumerate(_load_json(path).get("images", [])):
+    for n, img in enumerate(images):
         try:
             if img["split"] in wanted:
                 rel = os.path.join(img.get("filepath", ""), img["filename"])
                 out.append((rel, [s["raw"] for s in img["sentences"]], img.get("cocoid", img.get("imgid", n))))
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             raise DatasetError(f"{path}: images[{n}] lacks key {exc}") from None
+        except (TypeError, AttributeError):
+            raise DatasetError(f"{path}: images[{n}] is malformed; expected "
+                               f"{{filename, split, sentences: [{{raw}}]}}") from None
     return out
 
 
@@ -147,6 +155,8 @@ def _read_flickr8k(path: str, split: str | None):
             name, hash_, _ = key.partition("#")
             if not sep or not hash_:
                 raise DatasetError(f"{path}:{lineno}: expected '<image>#<n>\\t<caption>', got {line[:60]!r}")
+            name = re.sub(r"(\.jpe?g)\.\d+$", r"\1", name)  # the real file has keys like 'x.jpg.1#0' for 'x.jpg'
+
             captions.setdefault(name, []).append(caption.strip())
     names = list(captions)
     if split is not None:
@@ -179,7 +189,7 @@ def _read_csv(path: str, split: str | None):
     with open(path, encoding="utf-8", newline="") as f:
         for lineno, row in enumerate(csv.DictReader(f), 2):
             if "captions" in row and row["captions"] is not None:
-                row = {**row, "captions": [c for c in row["captions"].split("|") if c.strip()]}
+                row = {**row, "captions": [c.strip() for c in row["captions"].split("|") if c.strip()]}
             _add_row(by_image, row, f"{path}:{lineno}", split)
     return [(k, v, k) for k, v in by_image.items()]
 
@@ -190,7 +200,7 @@ def _add_row(by_image: dict, row, where: str, split: str | None) -> None:
     if split is not None and row.get("split") not in (None, "", split):
         return
     caps = row.get("captions") or ([row["caption"]] if row.get("caption") else None)
-    if not caps or not all(isinstance(c, str) for c in caps):
+    if isinstance(caps, str) or not caps or not all(isinstance(c, str) for c in caps):
         raise DatasetError(f"{where}: expected 'caption' (text) or 'captions' (list of text)")
     by_image.setdefault(row["image"], []).extend(caps)
 

@@ -79,7 +79,8 @@ def encode_images(model: CaptionModel, paths: Sequence[str], device: torch.devic
         was_training = model.training
         model.eval()
         loader = DataLoader(ImageFiles([paths[i] for i in todo], build_transform(model.transform_spec)),
-                            batch_size=batch_size, num_workers=num_workers)
+                            batch_size=batch_size, num_workers=num_workers,
+                            generator=torch.Generator())  # keeps the global RNG (training's) untouched
         bar = tqdm(total=len(todo), desc="encoding images", unit="img", disable=not progress, leave=False)
         for images, local in loader:
             out = model.encode(images.to(device)).to("cpu", torch.float16)  # (b,P,E)

@@ -30,6 +30,8 @@ _INTERPOLATION = {
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode an image file to RGB, honouring EXIF rotation. Raises MediaError naming the file on any failure."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise MediaError(f"{path}: is a folder; expected an image file (caption a folder with `captioner batch`)")
     if not os.path.isfile(path):
         raise MediaError(f"{path}: no such image file")
     if os.path.getsize(path) == 0:
@@ -60,7 +62,10 @@ def build_transform(spec: dict[str, Any], train: bool = False) -> T.Compose:
     """
     size = int(spec["size"])
     resize = int(round(size / float(spec.get("crop_pct", 1.0))))
-    interp = _INTERPOLATION[spec.get("interpolation", "bilinear")]
+    name = spec.get("interpolation", "bilinear")
+    if name not in _INTERPOLATION:
+        raise ValueError(f"unknown interpolation {name!r}; choose one of: {', '.join(_INTERPOLATION)}")
+    interp = _INTERPOLATION[name]
     crop: list = [T.RandomCrop(size), T.ColorJitter(0.1, 0.1, 0.1)] if train else [T.CenterCrop(size)]
     return T.Compose(
         [T.Resize(resize, interpolation=interp), *crop, T.ToTensor(), T.Normalize(spec["mean"], spec["std"])]

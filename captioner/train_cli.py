@@ -67,7 +67,8 @@ def cmd_train(args: argparse.Namespace, model_overrides: dict[str, Any], train_o
             "val_images": args.val_images and os.path.abspath(args.val_images), "val_split": args.val_split}
     summary = fit(model, vocab, train_set, val_set, tcfg, args.out, device, resume=resume,
                   cache_dir=args.cache_dir or default_cache_dir(), meta=meta, progress=not args.quiet)
-    if not summary["stopped"]:
-        tqdm.write(f"done: best epoch {summary['best_epoch']} (score {summary['best_score'][0]:.4f}); "
-                   f"{os.path.join(args.out, 'best.pt')} and last.pt written")
+    if summary["stopped"]:
+        return 130
+    tqdm.write(f"done: best epoch {summary['best_epoch']} (score {summary['best_score'][0]:.4f}); "
+               f"{os.path.join(args.out, 'best.pt')} and last.pt written")
     return 0

@@ -143,7 +143,8 @@ def validate(model: CaptionModel, val_set: CaptionSet, val_feats: torch.Tensor, 
     model.eval()
     pairs = CaptionPairs(val_set.items, vocab, _Features(val_feats), cfg.max_len)
     loss_sum, tokens = 0.0, 0
-    for feats, captions, _ in DataLoader(pairs, batch_size=cfg.batch_size, collate_fn=collate_pairs):
+    for feats, captions, _ in DataLoader(pairs, batch_size=cfg.batch_size, collate_fn=collate_pairs,
+                                         generator=torch.Generator()):  # leaves the global RNG alone
         feats, captions = feats.to(device).float(), captions.to(device)
         out = model(feats, captions[:, :-1])
         n_tok = int((captions[:, 1:] != 0).sum())
@@ -227,9 +228,10 @@ def _set_rng_state(state: dict) -> None:
 def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: CaptionSet | None,
         cfg: TrainConfig, out_dir: str, device: torch.device, *, resume: dict | None = None,
         cache_dir: str | None = None, meta: dict | None = None, progress: bool = True,
-        log: Callable[[str], None] = tqdm.write) -> dict:
+        log: Callable[[str], None] = tqdm.write, should_stop: Callable[[], bool] | None = None) -> dict:
     """Train, validate every epoch, write out_dir/last.pt (every epoch and on stop) and out_dir/best.pt
-    (best val BLEU-4). Returns a summary: best score/epoch, history, whether it was stopped."""
+    (best val BLEU-4). Returns a summary: best score/epoch, history, whether it was stopped.
+    Stops cleanly (saving a resumable last.pt) on SIGINT/SIGTERM or when `should_stop()` turns true."""
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -247,12 +249,13 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
         stats = EpochStats(resume.get("epoch_loss_sum", 0.0), resume.get("epoch_tokens", 0), resume.get("batch", 0))
         _set_rng_state(resume["rng"])
 
-    with stop_requests() as should_stop:
+    with stop_requests() as signalled:
+        stop = (lambda: signalled() or should_stop()) if should_stop else signalled
         cached = model.encoder.frozen and cfg.cache_features
         paths = [it.image for it in train_set.items]
         if cached:
             load = _Features(encode_images(model, paths, device, cfg.batch_size, cfg.num_workers, cache_dir,
-                                           progress, should_stop))
+                                           progress, stop))
         else:
             load = _Images(paths, build_transform(model.transform_spec, train=True))
         pairs = CaptionPairs(train_set.items, vocab, load, cfg.max_len)
@@ -273,10 +276,13 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             t0 = time.time()
             sampling = cfg.scheduled_sampling * epoch / max(1, cfg.epochs - 1)  # linear ramp from 0
             sampler = EpochSampler(len(pairs), cfg.seed, epoch, start=stats.batches * cfg.batch_size)
+            # A private generator: DataLoader draws worker seeds from it, not from the global RNG, whose
+            # state is saved for exact resume (a resumed epoch creates one iterator more than a straight run).
             loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_pairs,
-                                num_workers=0 if cached else cfg.num_workers)
+                                num_workers=0 if cached else cfg.num_workers,
+                                generator=torch.Generator().manual_seed(cfg.seed + epoch))
             stats = train_one_epoch(model, loader, optimizer, device, cfg, cached=cached, sampling_prob=sampling,
-                                    stats=stats, should_stop=should_stop,
+                                    stats=stats, should_stop=stop,
                                     desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress)
             if stats.stopped:
                 save("last.pt", epoch, True)
@@ -288,7 +294,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
                 if val_feats is None or not model.encoder.frozen:
                     val_feats = encode_images(model, [it.image for it in val_set.items], device, cfg.batch_size,
                                               cfg.num_workers, cache_dir if model.encoder.frozen else None,
-                                              progress, should_stop)
+                                              progress, stop)
                 record.update({k: round(v, 4) for k, v in
                                validate(model, val_set, val_feats, vocab, device, cfg, progress).items()})
             # Model selection: val BLEU-4 of generated captions, ties broken by val loss; without val data,

@@ -1,0 +1,96 @@
+"""The `captioner` command as a user runs it: a real subprocess, real files, one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import COCO_MINI_TRAIN, COCO_MINI_TRAIN_IMAGES, DATA
+
+
+def run(*args, env_cache=None, timeout=300):
+    env = None
+    if env_cache:
+        import os
+        env = {**os.environ, "XDG_CACHE_HOME": env_cache}
+    return subprocess.run([sys.executable, "-m", "captioner.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("captioner: error:")]
+    assert len(lines) >= 1, proc.stderr
+    for f in fragments:
+        assert f in proc.stderr, proc.stderr
+
+
+def test_train_then_caption_smoke(tmp_path):
+    out = tmp_path / "run"
+    proc = run("train", "--data", COCO_MINI_TRAIN, "--images", COCO_MINI_TRAIN_IMAGES,
+               "--val-data", COCO_MINI_TRAIN, "--val-images", COCO_MINI_TRAIN_IMAGES,
+               "--epochs", 1, "--hidden-dim", 32, "--embed-dim", 16, "--rnn", "gru", "--batch-size", 64,
+               "--min-freq", 2, "--out", out, "--quiet", env_cache=str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    assert "train: 80 images, 400 captions" in proc.stdout
+    assert "BLEU-4=" in proc.stdout
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+
+    images = sorted(COCO_MINI_TRAIN_IMAGES.glob("*.jpg"))[:2]
+    proc = run("caption", "--checkpoint", out / "best.pt", *images)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert [l.split("\t")[0] for l in lines] == [str(p) for p in images]
+    assert all(len(l.split("\t")) == 2 and l.split("\t")[1].strip() for l in lines)
+
+    proc = run("caption", "--checkpoint", out / "best.pt", "--json", images[0])
+    row = json.loads(proc.stdout)
+    assert row["file"] == str(images[0]) and row["caption"] and row["score"] < 0
+
+    proc = run("info", out / "best.pt")
+    info = json.loads(proc.stdout)
+    assert info["model"]["rnn"] == "gru" and info["data"]["train_images"] == 80
+
+    # resume continues from last.pt for one more epoch, with the stored data paths
+    proc = run("train", "--resume", out / "last.pt", "--epochs", 2, "--out", out, "--quiet",
+               env_cache=str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch=2 " in proc.stdout and "epoch=1 " not in proc.stdout
+
+
+def test_unreadable_image_is_one_line_and_others_still_captioned(trained, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not a jpeg")
+    good = trained["data"].items[0].image
+    proc = run("caption", "--checkpoint", trained["dir"] / "best.pt", good, bad)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith(good + "\t")
+    assert_one_line_error(proc, str(bad), "not a readable image")
+
+
+def test_corrupt_checkpoint_is_a_clean_error(tmp_path):
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"PK\x03\x04 definitely not torch")
+    proc = run("caption", "--checkpoint", ckpt, DATA / "flickr8k" / "images" / "667626_18933d713e.jpg")
+    assert proc.returncode == 2
+    assert_one_line_error(proc, str(ckpt), "not a readable captioner checkpoint")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["train", "--data", "nope.json", "--out", "x"], "nope.json: annotation file not found"),
+    (["train", "--data", str(COCO_MINI_TRAIN), "--images", str(COCO_MINI_TRAIN_IMAGES), "--out", "x",
+      "--backbone", "vgg99"], "unknown backbone 'vgg99'"),
+    (["caption", "--checkpoint", "missing.pt", "a.jpg"], "missing.pt: checkpoint file not found"),
+])
+def test_user_errors_are_one_line(args, fragment, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "captioner.cli", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, fragment)
+
+
+def test_bad_flag_value_is_rejected_by_argparse():
+    proc = run("caption", "--method", "telepathy", "x.jpg")
+    assert proc.returncode == 2 and "invalid choice: 'telepathy'" in proc.stderr

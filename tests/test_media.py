@@ -1,0 +1,203 @@
+"""Safe image loading (EXIF rotation, every failure a MediaError naming the file) and build_transform."""
+import io
+import struct
+import warnings
+import zlib
+
+import pytest
+import torch
+from PIL import Image
+
+import captioner.media as media
+from captioner.errors import MediaError
+from captioner.media import build_transform, load_image, load_image_tensor
+from conftest import DATA
+
+JPG = DATA / "coco-mini" / "train2017" / "000000000790.jpg"  # 640x422 RGB
+SPEC = {"size": 224, "crop_pct": 0.875, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic"}
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose IHDR is patched (with a correct CRC) to claim width x height pixels."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+# --- load_image -------------------------------------------------------------------------------------------
+
+def test_load_real_jpg_gives_rgb_pil_image():
+    img = load_image(JPG)
+    assert isinstance(img, Image.Image)
+    assert img.mode == "RGB"
+    assert img.size == (640, 422)
+    img.load()  # fully decoded and usable after the file is closed
+    assert len(img.getpixel((320, 211))) == 3
+
+
+def test_load_image_accepts_str_and_converts_grey_and_rgba(tmp_path):
+    grey = tmp_path / "grey.png"
+    Image.new("L", (5, 3), 200).save(grey)
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (4, 4), (10, 20, 30, 128)).save(rgba)
+    g = load_image(str(grey))
+    assert g.mode == "RGB" and g.size == (5, 3) and g.getpixel((0, 0)) == (200, 200, 200)
+    r = load_image(rgba)
+    assert r.mode == "RGB" and r.getpixel((1, 1)) == (10, 20, 30)
+
+
+def test_exif_orientation_6_is_honoured(tmp_path):
+    # 40x20: left half red, right half blue. Orientation 6 = "rotate 90 degrees clockwise to display",
+    # so the displayed image is 20x40 with red on top and blue at the bottom.
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    img.save(path, "JPEG", quality=95, exif=exif.tobytes())
+    with Image.open(path) as raw:
+        assert raw.size == (40, 20)
+        assert raw.getexif()[0x0112] == 6
+
+    out = load_image(path)
+    assert out.size == (20, 40)
+    top, bottom = out.getpixel((10, 5)), out.getpixel((10, 35))
+    assert top[0] > 200 and top[2] < 60, top
+    assert bottom[2] > 200 and bottom[0] < 60, bottom
+
+
+def test_no_exif_keeps_size(tmp_path):
+    path = tmp_path / "plain.jpg"
+    Image.new("RGB", (40, 20), (0, 128, 0)).save(path, "JPEG")
+    assert load_image(path).size == (40, 20)
+
+
+def _media_error(path) -> str:
+    with pytest.raises(MediaError) as info:
+        load_image(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    return msg
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.jpg"
+    assert _media_error(path) == f"{path}: no such image file"
+    assert _media_error(tmp_path).startswith(f"{tmp_path}: is a folder; expected an image file")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    assert _media_error(path) == f"{path}: file is empty; expected an image (jpg, png, webp, ...)"
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("this is not an image\n")
+    assert _media_error(path) == f"{path}: not a readable image; expected jpg, png, webp, bmp, gif or tiff"
+
+
+def test_truncated_jpg(tmp_path):
+    data = JPG.read_bytes()
+    path = tmp_path / "truncated.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    msg = _media_error(path)
+    assert msg.startswith(f"{path}: corrupt or truncated image (")
+    assert "truncated" in msg
+
+
+def test_decompression_bomb_png_is_refused(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_claiming(20000, 20000))  # 400 Mpx: over Pillow's own hard limit
+    msg = _media_error(path)
+    assert msg.startswith(f"{path}: refused as a decompression bomb (")
+    assert "400000000 pixels" in msg
+
+
+def test_png_over_the_package_limit_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_claiming(11000, 11000))  # 121 Mpx: under Pillow's hard limit, over ours (120 Mpx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Pillow warns above 89 Mpx
+        msg = _media_error(path)
+    assert msg == f"{path}: image is 11000x11000 pixels, over the limit of 120,000,000"
+
+
+def test_pixel_limit_is_the_module_constant(monkeypatch):
+    assert media.MAX_IMAGE_PIXELS == 120_000_000
+    monkeypatch.setattr(media, "MAX_IMAGE_PIXELS", 640 * 422 - 1)
+    assert _media_error(JPG) == f"{JPG}: image is 640x422 pixels, over the limit of 270,079"
+    monkeypatch.setattr(media, "MAX_IMAGE_PIXELS", 640 * 422)
+    assert load_image(JPG).size == (640, 422)
+
+
+def test_media_error_is_a_value_error():
+    assert issubclass(MediaError, ValueError)
+
+
+# --- build_transform --------------------------------------------------------------------------------------
+
+def test_eval_transform_shape_and_determinism():
+    t = build_transform(SPEC, train=False)
+    img = load_image(JPG)
+    a, b = t(img), t(img)
+    assert a.shape == (3, 224, 224)
+    assert a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert float(a.min()) >= -1.0 - 1e-6 and float(a.max()) <= 1.0 + 1e-6  # mean = std = 0.5 maps [0,1] to [-1,1]
+    assert torch.equal(load_image_tensor(JPG, t), a)
+
+
+def test_eval_transform_normalises_with_the_given_mean_and_std():
+    spec = {"size": 32, "crop_pct": 1.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+            "interpolation": "bilinear"}
+    img = Image.new("RGB", (50, 40), (255, 0, 51))  # a uniform image stays uniform through resize and crop
+    x = build_transform(spec)(img)
+    assert x.shape == (3, 32, 32)
+    expected = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225]
+    for c in range(3):
+        assert torch.allclose(x[c], torch.full((32, 32), expected[c]), atol=1e-5), c
+
+
+def test_eval_transform_resizes_short_side_then_center_crops():
+    # 0.875 crop: short side -> round(224 / 0.875) = 256, then the central 224x224.
+    # A 512x256 image split into left/right halves of different colours keeps both halves in the crop, equally.
+    img = Image.new("RGB", (512, 256), (0, 0, 0))
+    img.paste((255, 255, 255), (256, 0, 512, 256))
+    x = build_transform(SPEC)(img)
+    assert x.shape == (3, 224, 224)
+    assert torch.allclose(x[:, :, :100], torch.tensor(-1.0))
+    assert torch.allclose(x[:, :, 124:], torch.tensor(1.0))
+
+
+def test_train_transform_same_shape_and_seeded():
+    t = build_transform(SPEC, train=True)
+    img = load_image(JPG)
+    torch.manual_seed(0)
+    a = t(img)
+    torch.manual_seed(0)
+    b = t(img)
+    c = t(img)
+    assert a.shape == c.shape == (3, 224, 224)
+    assert torch.equal(a, b)
+    assert not torch.equal(b, c)  # random crop + jitter
+    assert not torch.equal(a, build_transform(SPEC, train=False)(img))
+
+
+def test_train_transform_does_not_flip():
+    # Captions say "left" and "right": the train transform must never mirror the image.
+    spec = {**SPEC, "size": 32, "crop_pct": 1.0}
+    img = Image.new("L", (64, 32))
+    img.putdata([4 * x for _ in range(32) for x in range(64)])  # brightness grows left to right
+    img = img.convert("RGB")
+    t = build_transform(spec, train=True)
+    torch.manual_seed(1)
+    for _ in range(20):
+        x = t(img)
+        assert x.shape == (3, 32, 32)
+        assert float(x[:, :, 0].mean()) < float(x[:, :, -1].mean())

@@ -1,0 +1,166 @@
+"""Tokenizer and Vocabulary: offline tokenization, build rules, encode/decode, serialisation."""
+import pytest
+
+from captioner.errors import CheckpointError
+from captioner.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocabulary, tokenize
+
+
+# --- tokenize ---------------------------------------------------------------------------------------------
+
+def test_tokenize_lowercases_and_drops_punctuation_only_tokens():
+    assert tokenize('A Dog, running; FAST?!') == ["a", "dog", "running", "fast"]
+    assert tokenize('He said "hello" -- then left...') == ["he", "said", "hello", "then", "left"]
+
+
+def test_tokenize_keeps_words_with_inner_punctuation():
+    assert tokenize("A man's T-shirt.") == ["a", "man", "'s", "t-shirt"]
+    assert tokenize("Don't stop") == ["do", "n't", "stop"]
+    assert tokenize("e-mail 3.5 U.S. cats") == ["e-mail", "3.5", "u.s.", "cats"]
+
+
+def test_tokenize_empty_and_punctuation_only_text():
+    assert tokenize("") == []
+    assert tokenize("   ") == []
+    assert tokenize(". , ... -- ?!") == []
+
+
+def test_tokenize_needs_no_nltk_data(monkeypatch):
+    # Point nltk's data search at nothing: the tokenizer must still work (nltk.word_tokenize would fail).
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", [])
+    assert tokenize("Two cats sleep on a sofa.") == ["two", "cats", "sleep", "on", "a", "sofa"]
+
+
+# --- build ------------------------------------------------------------------------------------------------
+
+CAPTIONS = [
+    "a dog runs on the grass",
+    "a dog plays with a ball",
+    "the cat sleeps",
+    "a cat and a dog",
+]
+# counts: a=5, dog=3, cat=2, the=2, and/ball/grass/on/plays/runs/sleeps/with=1
+
+
+def test_specials_have_ids_0_to_3():
+    vocab = Vocabulary.build(CAPTIONS, min_freq=1)
+    assert vocab.itos[:4] == [PAD, BOS, EOS, UNK] == list(SPECIALS)
+    assert (vocab.pad_id, vocab.bos_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2, 3)
+    assert [vocab.stoi[s] for s in SPECIALS] == [0, 1, 2, 3]
+
+
+def test_build_min_freq_orders_by_frequency_then_alphabetically():
+    vocab = Vocabulary.build(CAPTIONS, min_freq=2)
+    assert vocab.itos == [PAD, BOS, EOS, UNK, "a", "dog", "cat", "the"]
+    assert len(vocab) == 8
+
+
+def test_build_min_freq_one_keeps_every_word():
+    vocab = Vocabulary.build(CAPTIONS, min_freq=1)
+    assert len(vocab) == 4 + 12
+    assert vocab.itos[4:8] == ["a", "dog", "cat", "the"]
+    # singletons follow, alphabetically
+    assert vocab.itos[8:] == ["and", "ball", "grass", "on", "plays", "runs", "sleeps", "with"]
+
+
+def test_build_min_freq_above_every_count_gives_only_specials():
+    vocab = Vocabulary.build(CAPTIONS, min_freq=6)
+    assert vocab.itos == list(SPECIALS)
+
+
+def test_build_max_size_keeps_most_frequent_words():
+    vocab = Vocabulary.build(CAPTIONS, min_freq=1, max_size=3)
+    assert vocab.itos == [PAD, BOS, EOS, UNK, "a", "dog", "cat"]
+    assert len(vocab) == 7
+
+
+def test_build_tokenizes_captions():
+    vocab = Vocabulary.build(["A DOG.", "a dog!", "A Dog"], min_freq=3)
+    assert vocab.itos == [PAD, BOS, EOS, UNK, "a", "dog"]
+
+
+def test_constructor_rejects_bad_word_lists():
+    with pytest.raises(ValueError, match="must start with"):
+        Vocabulary(["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match="unique"):
+        Vocabulary(list(SPECIALS) + ["a", "a"])
+
+
+# --- encode / decode --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def vocab():
+    return Vocabulary.build(CAPTIONS, min_freq=2)  # ids: a=4 dog=5 cat=6 the=7
+
+
+def test_encode_adds_bos_eos_and_maps_unknown_to_unk(vocab):
+    assert vocab.encode("The dog") == [1, 7, 5, 2]
+    assert vocab.encode("A zebra and a cat.") == [1, 4, 3, 3, 4, 6, 2]
+
+
+def test_encode_max_len_truncates_words_but_keeps_eos(vocab):
+    assert vocab.encode("a dog the cat a dog", max_len=3) == [1, 4, 5, 7, 2]
+    assert vocab.encode("a dog", max_len=5) == [1, 4, 5, 2]
+    assert vocab.encode("a dog", max_len=0) == [1, 2]
+
+
+def test_empty_caption_encodes_to_bos_eos(vocab):
+    assert vocab.encode("") == [vocab.bos_id, vocab.eos_id] == [1, 2]
+    assert vocab.encode("...") == [1, 2]
+
+
+def test_decode_stops_at_eos_and_skips_pad_and_bos(vocab):
+    assert vocab.decode([1, 4, 5, 2, 6, 7]) == "a dog"
+    assert vocab.decode([1, 0, 4, 0, 6, 2, 0, 0]) == "a cat"
+    assert vocab.decode([2, 4, 5]) == ""
+    assert vocab.decode([]) == ""
+
+
+def test_decode_unknown_and_out_of_range_ids_become_unk(vocab):
+    assert vocab.decode([4, 3, 5]) == "a <unk> dog"
+    assert vocab.decode([4, 999, -1]) == "a <unk> <unk>"
+
+
+def test_decode_accepts_tensors(vocab):
+    import torch
+
+    assert vocab.decode(torch.tensor([1, 7, 6, 2, 0])) == "the cat"
+
+
+def test_encode_decode_round_trip(vocab):
+    assert vocab.decode(vocab.encode("The cat, a dog!")) == "the cat a dog"
+
+
+# --- serialisation ----------------------------------------------------------------------------------------
+
+def test_to_dict_from_dict_round_trip(vocab):
+    data = vocab.to_dict()
+    assert data == {"itos": [PAD, BOS, EOS, UNK, "a", "dog", "cat", "the"]}
+    again = Vocabulary.from_dict(data)
+    assert again.itos == vocab.itos
+    assert again.stoi == vocab.stoi
+    assert again.encode("the dog and a cat") == vocab.encode("the dog and a cat") == [1, 7, 5, 3, 4, 6, 2]
+
+
+def test_to_dict_is_a_copy(vocab):
+    data = vocab.to_dict()
+    data["itos"].append("zebra")
+    assert len(vocab) == 8
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},                                            # no itos
+        {"words": list(SPECIALS)},                     # wrong key
+        None,                                          # not a dict
+        {"itos": None},                                # not a list
+        {"itos": ["a", "b", "c", "d"]},                # specials missing
+        {"itos": list(SPECIALS) + ["dog", "dog"]},     # duplicates
+        {"itos": [[PAD], BOS, EOS, UNK]},              # unhashable entry
+    ],
+)
+def test_from_dict_malformed_raises_checkpoint_error(bad):
+    with pytest.raises(CheckpointError, match="checkpoint vocabulary is malformed"):
+        Vocabulary.from_dict(bad)
