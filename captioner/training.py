@@ -293,7 +293,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             if val_set is not None:
                 if val_feats is None or not model.encoder.frozen:
                     val_feats = encode_images(model, [it.image for it in val_set.items], device, cfg.batch_size,
-                                              cfg.num_workers, cache_dir if model.encoder.frozen else None,
+                                              cfg.num_workers, cache_dir if cached else None,
                                               progress, stop)
                 record.update({k: round(v, 4) for k, v in
                                validate(model, val_set, val_feats, vocab, device, cfg, progress).items()})
