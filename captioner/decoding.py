@@ -5,10 +5,17 @@ about search, and search knows nothing about the model).
 `state` is a dict of tensors with the batch on dim 0 (see decoder.py); an entry "alpha" (N,P), if present,
 is the attention of the step just taken and is collected per output token.
 
-Shapes: B batch, K beam, N = B*K flattened rows, V vocab, T steps, P attention positions.
+Shapes: B batch, K beam, N rows in flight (B*K for beam search), V vocab, t steps so far, P positions.
+
+Beam search is batched over B x K (one topk over (B, K*V) per step, 2K candidates so finished hypotheses
+never starve the live beams, state reordered with one index_select), with the GNMT length penalty
+lp(len) = ((5 + len) / 6) ** alpha (Wu et al., 2016). Sampling supports temperature, top-k and nucleus
+top-p (Holtzman et al., 2020). All three share one set of rules (`Rules`): banned tokens, min length,
+n-gram blocking (Paulus et al., 2018) and the CTRL repetition penalty (Keskar et al., 2019).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,85 +26,261 @@ from .vocab import Vocabulary
 
 State = dict[str, torch.Tensor]
 StepFn = Callable[[torch.Tensor, State], "tuple[torch.Tensor, State]"]
+NEG_INF = float("-inf")
 
 
 @dataclass
 class Hypothesis:
     tokens: list[int]  # word ids, without BOS and EOS
-    log_prob: float  # total log-probability of the tokens (and of EOS, if it ended)
-    score: float  # what the search ranked by (length-normalised log-prob for beam search)
+    log_prob: float  # the model's total log-probability of the tokens (and of EOS, if it ended)
+    score: float  # what the search ranked by (after penalties and length normalisation)
     finished: bool = True  # False when max_len cut it before EOS
     attention: torch.Tensor | None = field(default=None, repr=False)  # (len(tokens), P)
 
 
 @dataclass
-class Constraints:
-    """Rules applied to every step's log-probs, the same for every search."""
+class Rules:
+    """What every search applies to each step's log-probs before choosing."""
 
     eos_id: int
     min_len: int = 0  # EOS is forbidden before this many words
     banned: tuple[int, ...] = ()  # ids never emitted (PAD, BOS, and UNK when suppressed)
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
 
-    def apply(self, log_probs: torch.Tensor, step: int) -> torch.Tensor:
-        """log_probs (N,V) -> (N,V) with forbidden tokens at -inf."""
-        if self.banned or step < self.min_len:
-            log_probs = log_probs.clone()
-            if self.banned:
-                log_probs[:, list(self.banned)] = float("-inf")
-            if step < self.min_len:
-                log_probs[:, self.eos_id] = float("-inf")
-        return log_probs
+    def apply(self, log_probs: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """log_probs (N,V), seqs (N,t) words so far -> adjusted scores (N,V); forbidden tokens at -inf."""
+        out = log_probs.clone()
+        if self.banned:
+            out[:, list(self.banned)] = NEG_INF
+        if seqs.size(1) < self.min_len:
+            out[:, self.eos_id] = NEG_INF
+        if self.repetition_penalty != 1.0 and seqs.size(1):
+            # log-probs are <= 0, so multiplying by the penalty (> 1) lowers tokens already said.
+            said = torch.zeros_like(out, dtype=torch.bool).scatter_(1, seqs, True)  # (N,V)
+            out = torch.where(said, out * self.repetition_penalty, out)
+        n = self.no_repeat_ngram_size
+        if n and seqs.size(1) >= n:
+            windows = seqs.unfold(1, n, 1)  # (N,W,n): every n-gram said so far
+            prefix = seqs[:, seqs.size(1) - n + 1:].unsqueeze(1)  # (N,1,n-1): the last n-1 words
+            repeats = (windows[:, :, :-1] == prefix).all(-1)  # (N,W): n-grams that the next word would repeat
+            hits = torch.zeros_like(out).scatter_add_(1, windows[:, :, -1], repeats.to(out.dtype))  # (N,V)
+            out = out.masked_fill(hits > 0, NEG_INF)
+        return out
+
+
+def rules_for(cfg: DecodeConfig, vocab: Vocabulary) -> Rules:
+    banned = (vocab.pad_id, vocab.bos_id) + ((vocab.unk_id,) if cfg.suppress_unk else ())
+    return Rules(vocab.eos_id, cfg.min_len, banned, cfg.no_repeat_ngram_size, cfg.repetition_penalty)
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT: ((5 + length) / 6) ** alpha; 1 when alpha is 0."""
+    return ((5.0 + length) / 6.0) ** alpha
 
 
 def reorder_state(state: State, index: torch.Tensor) -> State:
-    """Select rows of every state tensor: index (N',) -> state with batch N'."""
+    """Select rows of every state tensor: index (N',) -> state with N' rows."""
     return {k: v.index_select(0, index) for k, v in state.items()}
 
 
+def _device(state: State) -> torch.device:
+    return next(iter(state.values())).device
+
+
+def _append_attention(att: torch.Tensor | None, state: State) -> torch.Tensor | None:
+    """att (N,t,P) + this step's state["alpha"] (N,P) -> (N,t+1,P); None for models without attention."""
+    if "alpha" not in state:
+        return None
+    alpha = state["alpha"].unsqueeze(1)
+    return alpha if att is None else torch.cat([att, alpha], 1)
+
+
 def greedy(step_fn: StepFn, state: State, batch_size: int, bos_id: int, max_len: int,
-           constraints: Constraints) -> list[Hypothesis]:
-    """The most probable word at each step, for B examples at once; one Hypothesis per example."""
-    device = next(iter(state.values())).device
+           rules: Rules) -> list[list[Hypothesis]]:
+    """The highest-scoring word at each step, for B examples at once; one Hypothesis per example."""
+    device = _device(state)
     tokens = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)
+    seqs = torch.zeros(batch_size, 0, dtype=torch.long, device=device)  # (B,t)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    total = torch.zeros(batch_size, device=device)
-    words: list[torch.Tensor] = []  # each (B,)
-    alphas: list[torch.Tensor] = []  # each (B,P)
-    for t in range(max_len):
+    logp = torch.zeros(batch_size, device=device)
+    score = torch.zeros(batch_size, device=device)
+    att = None
+    for _ in range(max_len):
         log_probs, state = step_fn(tokens, state)
-        log_probs = constraints.apply(log_probs, t)  # (B,V)
-        best, tokens = log_probs.max(dim=-1)  # (B,), (B,)
-        total = total + torch.where(done, torch.zeros_like(best), best)
-        words.append(torch.where(done, torch.full_like(tokens, constraints.eos_id), tokens))
-        if "alpha" in state:
-            alphas.append(state["alpha"])
-        done = done | (tokens == constraints.eos_id)
+        adjusted = rules.apply(log_probs, seqs)
+        best, tokens = adjusted.max(dim=-1)  # (B,)
+        live = ~done
+        logp = logp + torch.where(live, log_probs.gather(1, tokens[:, None]).squeeze(1), torch.zeros_like(best))
+        score = score + torch.where(live, best, torch.zeros_like(best))
+        tokens = torch.where(done, torch.full_like(tokens, rules.eos_id), tokens)
+        seqs = torch.cat([seqs, tokens[:, None]], 1)
+        att = _append_attention(att, state)
+        done = done | (tokens == rules.eos_id)
         if bool(done.all()):
             break
-    seq = torch.stack(words, 1).tolist()  # (B,T)
-    att = torch.stack(alphas, 1) if alphas else None  # (B,T,P)
     out = []
-    for b in range(batch_size):
-        ended = constraints.eos_id in seq[b]
-        ids = seq[b][: seq[b].index(constraints.eos_id)] if ended else seq[b]
-        lp = float(total[b])
-        out.append(Hypothesis(ids, lp, lp, ended, att[b, : len(ids)].cpu() if att is not None else None))
+    for b, row in enumerate(seqs.tolist()):
+        ended = rules.eos_id in row
+        ids = row[: row.index(rules.eos_id)] if ended else row
+        a = att[b, : len(ids)].cpu() if att is not None else None
+        out.append([Hypothesis(ids, float(logp[b]), float(score[b]), ended, a)])
     return out
 
 
-def constraints_for(cfg: DecodeConfig, vocab: Vocabulary) -> Constraints:
-    banned = (vocab.pad_id, vocab.bos_id) + ((vocab.unk_id,) if cfg.suppress_unk else ())
-    return Constraints(eos_id=vocab.eos_id, min_len=cfg.min_len, banned=banned)
+def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int, bos_id: int, max_len: int,
+                rules: Rules, num_captions: int = 1, alpha: float = 0.0) -> list[list[Hypothesis]]:
+    """Batched beam search; per example the `num_captions` best hypotheses, best first.
+
+    Finished hypotheses are ranked by score / lp(len). An example leaves the batch once it has K finished
+    hypotheses and no live beam can still beat the worst of them. At max_len, unfinished beams fill up
+    what finished ones do not (never an empty result).
+    """
+    K, device = beam_size, _device(state)
+    examples = list(range(batch_size))  # original index of each example still in flight
+    rows = torch.arange(batch_size, device=device).repeat_interleave(K)  # (B*K,): beam rows per example
+    state = reorder_state(state, rows)
+    tokens = torch.full((batch_size * K,), bos_id, dtype=torch.long, device=device)
+    seqs = torch.zeros(batch_size * K, 0, dtype=torch.long, device=device)  # (N,t)
+    beam_score = torch.full((batch_size, K), NEG_INF, device=device)
+    beam_score[:, 0] = 0.0  # step 0 expands beam 0 only: the K copies are identical
+    beam_logp = torch.zeros(batch_size * K, device=device)  # (N,) true model log-probs
+    att = None
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
+
+    for t in range(max_len):
+        log_probs, state = step_fn(tokens, state)  # (N,V)
+        att = _append_attention(att, state)
+        V = log_probs.size(1)
+        cand = beam_score.view(-1, 1) + rules.apply(log_probs, seqs)  # (N,V)
+        top_score, top_idx = cand.view(len(examples), K * V).topk(min(2 * K, K * V), dim=1)  # (B',2K)
+        src_row = top_idx // V + torch.arange(len(examples), device=device)[:, None] * K  # (B',2K) row in N
+        word = top_idx % V  # (B',2K)
+        word_logp = beam_logp[src_row] + log_probs[src_row, word]  # (B',2K)
+
+        keep_rows, keep_words, keep_scores, keep_logp, still = [], [], [], [], []
+        for e, ex in enumerate(examples):
+            live = []
+            for rank, (s, r, w, lp) in enumerate(zip(top_score[e].tolist(), src_row[e].tolist(),
+                                                     word[e].tolist(), word_logp[e].tolist())):
+                if s == NEG_INF:
+                    break  # sorted: the rest are forbidden too
+                if w == rules.eos_id:
+                    if rank < K:  # an EOS ranked below K would not have survived as one of K beams
+                        finished[ex].append(_hyp(seqs[r], s, lp, True, att, r, alpha))
+                elif len(live) < K:
+                    live.append((r, w, s, lp))
+            # No live beam can end better than its score now over the largest length penalty (scores <= 0).
+            live_bound = max((s for _, _, s, _ in live), default=NEG_INF) / length_penalty(max_len, alpha)
+            done = sorted(finished[ex], key=lambda h: -h.score)[:K]
+            finished[ex] = done
+            # Stopping once the n-th best cannot be beaten gives the same n-best as waiting for K of them.
+            if (len(done) >= num_captions and live_bound <= done[num_captions - 1].score) or not live:
+                continue  # this example is complete: it leaves the batch
+            while len(live) < K:  # pad with dead beams so every example keeps K rows
+                live.append((live[0][0], rules.eos_id, NEG_INF, 0.0))
+            still.append(ex)
+            for r, w, s, lp in live:
+                keep_rows.append(r), keep_words.append(w), keep_scores.append(s), keep_logp.append(lp)
+
+        if not still:
+            examples = []
+            break
+        select = torch.tensor(keep_rows, device=device)
+        tokens = torch.tensor(keep_words, device=device)
+        state = reorder_state(state, select)
+        seqs = torch.cat([seqs[select], tokens[:, None]], 1)
+        att = att[select] if att is not None else None
+        beam_score = torch.tensor(keep_scores, device=device).view(len(still), K)
+        beam_logp = torch.tensor(keep_logp, device=device)
+        examples = still
+
+    # max_len reached: the live beams of unfinished examples become (unfinished) candidates.
+    for e, ex in enumerate(examples):
+        for k in range(K):
+            r = e * K + k
+            s = float(beam_score[e, k])
+            if s > NEG_INF:
+                finished[ex].append(_hyp(seqs[r], s, float(beam_logp[r]), False, att, r, alpha))
+    return [sorted(h, key=lambda h: (not h.finished, -h.score))[:num_captions] for h in finished]
+
+
+def _hyp(seq: torch.Tensor, score: float, logp: float, ended: bool, att: torch.Tensor | None, row: int,
+         alpha: float) -> Hypothesis:
+    """A hypothesis from beam row `row`: its words so far, ranked by score / lp(len)."""
+    ids = seq.tolist()
+    a = att[row, : len(ids)].cpu() if att is not None else None
+    return Hypothesis(ids, logp, score / length_penalty(len(ids), alpha), ended, a)
+
+
+def sample(step_fn: StepFn, state: State, batch_size: int, num_samples: int, bos_id: int, max_len: int,
+           rules: Rules, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
+    """`num_samples` random captions per example (highest log-probability first); reproducible with a seeded
+    generator. Rows are example-major: example b's samples are rows b*S .. b*S+S-1."""
+    S = num_samples
+    state = reorder_state(state, torch.arange(batch_size, device=_device(state)).repeat_interleave(S))
+
+    device = _device(state)
+    N = batch_size * S
+    tokens = torch.full((N,), bos_id, dtype=torch.long, device=device)
+    seqs = torch.zeros(N, 0, dtype=torch.long, device=device)
+    done = torch.zeros(N, dtype=torch.bool, device=device)
+    logp = torch.zeros(N, device=device)
+    att = None
+    for _ in range(max_len):
+        log_probs, state = step_fn(tokens, state)
+        scores = rules.apply(log_probs, seqs) / temperature  # (N,V)
+        scores = _filter_top_k_top_p(scores, top_k, top_p)
+        probs = torch.softmax(scores, dim=-1)
+        tokens = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)  # (N,)
+        logp = logp + torch.where(done, torch.zeros_like(logp), log_probs.gather(1, tokens[:, None]).squeeze(1))
+        tokens = torch.where(done, torch.full_like(tokens, rules.eos_id), tokens)
+        seqs = torch.cat([seqs, tokens[:, None]], 1)
+        att = _append_attention(att, state)
+        done = done | (tokens == rules.eos_id)
+        if bool(done.all()):
+            break
+    out = []
+    for b in range(batch_size):
+        hyps = []
+        for r in range(b * S, b * S + S):
+            row = seqs[r].tolist()
+            ended = rules.eos_id in row
+            ids = row[: row.index(rules.eos_id)] if ended else row
+            a = att[r, : len(ids)].cpu() if att is not None else None
+            hyps.append(Hypothesis(ids, float(logp[r]), float(logp[r]), ended, a))
+        out.append(sorted(hyps, key=lambda h: -h.log_prob))
+    return out
+
+
+def _filter_top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """scores (N,V) -> the same with everything outside the top-k / the top-p nucleus at -inf."""
+    if top_k and top_k < scores.size(1):
+        kth = scores.topk(top_k, dim=1).values[:, -1:]  # (N,1)
+        scores = scores.masked_fill(scores < kth, NEG_INF)
+    if top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=1, descending=True)
+        cum = torch.softmax(sorted_scores, dim=1).cumsum(dim=1)
+        drop_sorted = cum - torch.softmax(sorted_scores, dim=1) >= top_p  # keep the smallest set reaching top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        scores = scores.masked_fill(drop, NEG_INF)
+    return scores
 
 
 @torch.no_grad()
 def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig) -> list[list[Hypothesis]]:
-    """Caption a batch of encoded inputs: features (B,P,E) -> per example, `num_captions` hypotheses, best first.
+    """Caption a batch of encoded inputs: features (B,P,E) -> per example `num_captions` hypotheses, best first.
     `decoder` is anything with init_state(features) and step(tokens, state)."""
     cfg.validate()
     state = decoder.init_state(features)
     B = features.size(0)
-    constraints = constraints_for(cfg, vocab)
+    rules = rules_for(cfg, vocab)
     if cfg.method == "greedy":
-        return [[h] for h in greedy(decoder.step, state, B, vocab.bos_id, cfg.max_len, constraints)]
-    raise ValueError(f"decoding method {cfg.method!r} is not available")
+        return greedy(decoder.step, state, B, vocab.bos_id, cfg.max_len, rules)
+    if cfg.method == "beam":
+        return beam_search(decoder.step, state, B, cfg.beam_size, vocab.bos_id, cfg.max_len, rules,
+                           cfg.num_captions, cfg.length_penalty)
+    generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+    return sample(decoder.step, state, B, cfg.num_captions, vocab.bos_id, cfg.max_len, rules, cfg.temperature,
+                  cfg.top_k, cfg.top_p, generator)

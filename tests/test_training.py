@@ -41,6 +41,18 @@ def test_checkpoint_round_trip_gives_identical_captions(trained):
     assert [r.scores[0] for r in after] == pytest.approx([r.scores[0] for r in before], abs=1e-5)
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_batched_captioning_equals_one_at_a_time_on_a_real_model(trained, method):
+    cap = Captioner(trained["model"], trained["vocab"], torch.device("cpu"))
+    paths = [it.image for it in trained["data"].items]
+    opts = {"method": method, "beam_size": 3, "num_captions": 1 if method == "greedy" else 3}
+    batched = cap.caption_detailed(paths, batch_size=8, **opts)
+    alone = [cap.caption_detailed([p], batch_size=1, **opts)[0] for p in paths]
+    assert [r.captions for r in batched] == [r.captions for r in alone]
+    for a, b in zip(batched, alone):
+        assert a.scores == pytest.approx(b.scores, abs=1e-4)
+
+
 def test_checkpoint_is_self_describing_and_safe_to_load(trained):
     ckpt = torch.load(trained["dir"] / "last.pt", weights_only=True)  # no pickled code needed
     assert ckpt["format"] == "captioner-checkpoint" and ckpt["format_version"] == 1

@@ -1,0 +1,244 @@
+"""Search algorithms tested with scripted step functions: hand-made distributions, no model at all."""
+import math
+
+import pytest
+import torch
+
+from captioner.decoding import Hypothesis, Rules, beam_search, greedy, length_penalty, sample
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+A, B, C, D = 4, 5, 6, 7
+V = 8
+RULES = Rules(eos_id=EOS, banned=(PAD, BOS))
+
+
+def log(p):
+    return math.log(p) if p > 0 else float("-inf")
+
+
+class Markov:
+    """Next-word distribution by (example, previous word): table (examples, V, V) of log-probs."""
+
+    def __init__(self, table):
+        self.table = table
+        self.calls = 0
+
+    def state(self, examples):
+        return {"ex": torch.as_tensor(examples, dtype=torch.long)}
+
+    def __call__(self, tokens, state):
+        self.calls += 1
+        return self.table[state["ex"], tokens], state
+
+
+def random_markov(n_examples, seed=0, eos_boost=0.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n_examples, V, V, generator=g) * 2
+    logits[:, :, EOS] += eos_boost
+    return Markov(torch.log_softmax(logits, -1))
+
+
+def markov_from(rows):
+    """rows: {prev: {next: prob}} for one example -> Markov with unlisted words impossible."""
+    table = torch.full((1, V, V), float("-inf"))
+    for prev, dist in rows.items():
+        for nxt, p in dist.items():
+            table[0, prev, nxt] = log(p)
+    return Markov(table)
+
+
+class Tree:
+    """Next-word distribution by the whole prefix: {prefix tuple: {word: prob}}. State: a prefix id per row."""
+
+    def __init__(self, dists):
+        self.dists = dists
+        self.ids = {(): 0}
+        self.prefixes = [()]
+
+    def state(self, n):
+        return {"node": torch.zeros(n, dtype=torch.long)}
+
+    def __call__(self, tokens, state):
+        rows, nodes = [], []
+        for tok, node in zip(tokens.tolist(), state["node"].tolist()):
+            prefix = self.prefixes[node] + (() if tok == BOS else (tok,))
+            if prefix not in self.ids:
+                self.ids[prefix] = len(self.prefixes)
+                self.prefixes.append(prefix)
+            nodes.append(self.ids[prefix])
+            lp = torch.full((V,), float("-inf"))
+            for w, p in self.dists.get(prefix, {EOS: 1.0}).items():
+                lp[w] = log(p)
+            rows.append(lp)
+        return torch.stack(rows), {"node": torch.tensor(nodes)}
+
+
+def run_beam(step, state, n, k, max_len=10, rules=RULES, **kw):
+    return beam_search(step, state, n, k, BOS, max_len, rules, **kw)
+
+
+def test_beam_size_one_equals_greedy():
+    step = random_markov(6, seed=1, eos_boost=1.0)
+    g = greedy(step, step.state(range(6)), 6, BOS, 12, RULES)
+    b = run_beam(step, step.state(range(6)), 6, 1, max_len=12)
+    assert [h[0].tokens for h in b] == [h[0].tokens for h in g]
+    assert [h[0].log_prob for h in b] == pytest.approx([h[0].log_prob for h in g], abs=1e-5)
+
+
+def test_beam_finds_the_more_probable_caption_that_greedy_misses():
+    # greedy takes A (0.6) and then never ends; B EOS has probability 0.4 * 0.9 = 0.36.
+    step = markov_from({BOS: {A: 0.6, B: 0.4}, A: {A: 0.4, C: 0.3, EOS: 0.3}, C: {A: 0.5, EOS: 0.5},
+                        B: {EOS: 0.9, A: 0.1}})
+    g = greedy(step, step.state([0]), 1, BOS, 6, RULES)[0][0]
+    b = run_beam(step, step.state([0]), 1, 3, max_len=6)[0][0]
+    assert g.tokens == [A, A, A, A, A, A] and not g.finished
+    assert b.tokens == [B] and b.finished
+    assert b.log_prob == pytest.approx(math.log(0.36))
+    assert b.log_prob > g.log_prob
+
+
+def test_batched_beam_equals_one_example_at_a_time():
+    n, k = 7, 4
+    step = random_markov(n, seed=3, eos_boost=0.5)
+    batched = run_beam(step, step.state(range(n)), n, k, num_captions=3, alpha=0.7, max_len=9)
+    for i in range(n):
+        alone = run_beam(step, step.state([i]), 1, k, num_captions=3, alpha=0.7, max_len=9)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in batched[i]], abs=1e-5)
+
+
+def test_n_best_is_sorted_distinct_and_scored_by_true_log_probs():
+    step = random_markov(3, seed=5, eos_boost=1.5)
+    for hyps in run_beam(step, step.state(range(3)), 3, 5, num_captions=5):
+        assert len(hyps) == 5
+        assert len({tuple(h.tokens) for h in hyps}) == 5
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+    # log_prob is the model's probability of tokens + EOS, recomputed here from the table
+    hyps = run_beam(step, step.state([1]), 1, 5, num_captions=5)[0]
+    for h in hyps:
+        prev, total = BOS, 0.0
+        for w in h.tokens + [EOS]:
+            total += float(step.table[1, prev, w])
+            prev = w
+        assert h.log_prob == pytest.approx(total, abs=1e-5)
+
+
+def test_finished_examples_leave_the_batch():
+    # example 0 ends at once with certainty; example 1 runs long. Rows in flight must shrink.
+    table = torch.full((2, V, V), float("-inf"))
+    table[0, :, EOS] = 0.0
+    table[1, :, A] = math.log(0.9)
+    table[1, :, EOS] = math.log(0.1)
+    seen = []
+
+    def step(tokens, state):
+        seen.append(len(tokens))
+        return table[state["ex"], tokens], state
+
+    out = run_beam(step, {"ex": torch.tensor([0, 1])}, 2, 2, max_len=6)
+    assert out[0][0].tokens == [] and out[0][0].finished
+    assert seen[0] == 4 and seen[-1] == 2  # 2 examples x 2 beams, then only example 1's beams
+
+
+def test_length_penalty_prefers_the_longer_caption():
+    tree = Tree({(): {A: 0.55, B: 0.45}, (A,): {EOS: 1.0}, (B,): {C: 1.0}, (B, C): {C: 1.0}, (B, C, C): {EOS: 1.0}})
+    plain = run_beam(tree, tree.state(1), 1, 2, alpha=0.0)[0][0]
+    assert plain.tokens == [A]
+    tree = Tree(tree.dists)
+    penalised = run_beam(tree, tree.state(1), 1, 2, alpha=2.0)[0][0]
+    assert penalised.tokens == [B, C, C]
+    assert penalised.score == pytest.approx(math.log(0.45) / length_penalty(3, 2.0))
+
+
+def test_min_len_forbids_early_end():
+    tree = Tree({(): {A: 0.55, B: 0.45}, (A,): {EOS: 1.0}, (B,): {C: 1.0}, (B, C): {C: 1.0}, (B, C, C): {EOS: 1.0}})
+    rules = Rules(eos_id=EOS, banned=(PAD, BOS), min_len=2)
+    assert run_beam(tree, tree.state(1), 1, 2, rules=rules)[0][0].tokens == [B, C, C]
+    step = random_markov(4, seed=9, eos_boost=3.0)
+    for h in greedy(step, step.state(range(4)), 4, BOS, 10, Rules(EOS, 4, (PAD, BOS))):
+        assert len(h[0].tokens) >= 4
+
+
+def test_no_repeat_ngram_blocks_a_repeated_trigram():
+    step = markov_from({BOS: {A: 1.0}, A: {B: 0.9, EOS: 0.1}, B: {C: 0.9, D: 0.05, EOS: 0.05},
+                        C: {A: 0.8, D: 0.1, EOS: 0.1}, D: {EOS: 0.6, A: 0.4}})
+
+    def trigrams(tokens):
+        return [tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)]
+
+    free = greedy(step, step.state([0]), 1, BOS, 8, RULES)[0][0].tokens
+    assert len(trigrams(free)) > len(set(trigrams(free)))  # A B C A B C ...
+    rules = Rules(eos_id=EOS, banned=(PAD, BOS), no_repeat_ngram_size=3)
+    blocked = greedy(step, step.state([0]), 1, BOS, 8, rules)[0][0].tokens
+    assert blocked[:5] == [A, B, C, A, B] and blocked[5:6] != [C]
+    beams = run_beam(step, step.state([0]), 1, 4, max_len=8, rules=rules, num_captions=4)[0]
+    for tokens in [blocked] + [h.tokens for h in beams]:
+        assert len(trigrams(tokens)) == len(set(trigrams(tokens)))
+
+
+def test_repetition_penalty_discourages_repeated_words():
+    step = markov_from({BOS: {A: 1.0}, A: {A: 0.6, B: 0.4}, B: {EOS: 1.0}})
+    assert greedy(step, step.state([0]), 1, BOS, 4, RULES)[0][0].tokens == [A, A, A, A]
+    rules = Rules(eos_id=EOS, banned=(PAD, BOS), repetition_penalty=2.0)
+    hyp = greedy(step, step.state([0]), 1, BOS, 4, rules)[0][0]
+    assert hyp.tokens == [A, B]
+    assert hyp.log_prob == pytest.approx(math.log(1.0 * 0.4 * 1.0))  # the true model probability
+
+
+def test_max_len_fallback_returns_the_best_unfinished_beam():
+    step = markov_from({BOS: {A: 0.7, B: 0.3}, A: {A: 0.5, B: 0.5}, B: {B: 0.9, A: 0.1}})  # EOS impossible
+    hyps = run_beam(step, step.state([0]), 1, 3, max_len=5, num_captions=2)[0]
+    assert len(hyps) == 2 and not any(h.finished for h in hyps)
+    assert hyps[0].tokens == [A, B, B, B, B]  # 0.7 * 0.5 * 0.9^3 beats every other 5-word path
+    assert hyps[0].log_prob == pytest.approx(math.log(0.7 * 0.5 * 0.9 ** 3))
+    assert all(len(h.tokens) == 5 for h in hyps)
+
+
+def test_suppressed_unk_is_never_emitted():
+    step = markov_from({BOS: {UNK: 0.9, A: 0.1}, A: {EOS: 1.0}, UNK: {EOS: 1.0}})
+    rules = Rules(eos_id=EOS, banned=(PAD, BOS, UNK))
+    assert run_beam(step, step.state([0]), 1, 2, rules=rules)[0][0].tokens == [A]
+    assert run_beam(step, step.state([0]), 1, 2)[0][0].tokens == [UNK]
+
+
+def test_attention_is_returned_per_output_word():
+    P = 3
+    inner = random_markov(2, seed=2, eos_boost=1.0)
+
+    def step(tokens, state):
+        log_probs, _ = inner(tokens, state)
+        alpha = torch.nn.functional.one_hot(tokens % P, P).float()  # attention = f(previous word)
+        return log_probs, {**state, "alpha": alpha}
+
+    for hyps in (greedy(step, inner.state([0, 1]), 2, BOS, 6, RULES),
+                 run_beam(step, inner.state([0, 1]), 2, 3, max_len=6, num_captions=2)):
+        for h in (h for hs in hyps for h in hs):
+            assert h.attention.shape == (len(h.tokens), P)
+            prev = ([BOS] + h.tokens)[: len(h.tokens)]
+            assert h.attention.argmax(1).tolist() == [p % P for p in prev]
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy():
+    step = random_markov(3, seed=4, eos_boost=1.0)
+
+    def draw(seed, **kw):
+        g = torch.Generator().manual_seed(seed)
+        return sample(step, step.state(range(3)), 3, 4, BOS, 10, RULES, generator=g, **kw)
+
+    a, b = draw(0), draw(0)
+    assert [[h.tokens for h in hs] for hs in a] == [[h.tokens for h in hs] for hs in b]
+    for hs in a:
+        assert [h.log_prob for h in hs] == sorted((h.log_prob for h in hs), reverse=True)
+    g = greedy(step, step.state(range(3)), 3, BOS, 10, RULES)
+    for kw in ({"top_k": 1}, {"top_p": 1e-6}, {"temperature": 1e-4}):
+        for hs, gh in zip(draw(1, **kw), g):
+            assert all(h.tokens == gh[0].tokens for h in hs), kw
+    assert len({tuple(h.tokens) for hs in draw(2, temperature=3.0) for h in hs}) > 3
+
+
+def test_hypothesis_fields_are_plain_python():
+    step = random_markov(1, seed=0, eos_boost=2.0)
+    h = run_beam(step, step.state([0]), 1, 2)[0][0]
+    assert isinstance(h, Hypothesis) and isinstance(h.log_prob, float)
+    assert all(isinstance(t, int) for t in h.tokens)
