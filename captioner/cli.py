@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--workers", dest="num_workers", type=int, help="DataLoader worker processes")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    c = sub.add_parser("caption", help="caption image files; prints FILE<TAB>CAPTION per file")
+    c = sub.add_parser("caption", help="caption image files; prints FILE<TAB>CAPTION per file "
+                       "(with --num-captions N: FILE<TAB>RANK<TAB>LOG-PROB<TAB>CAPTION per caption)")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
     c.add_argument("--json", action="store_true", help="print one JSON object per line")
@@ -130,8 +131,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
         elif args.json:
             print(json.dumps({"file": r.source, "caption": r.caption, "score": round(r.scores[0], 4),
                               "captions": [{"caption": c, "score": round(s, 4)} for c, s in zip(r.captions, r.scores)]}))
-        else:
+        elif len(r.captions) == 1:
             print(f"{r.source}\t{r.caption}")
+        else:  # n-best: one ranked line per caption
+            for rank, (c, sc) in enumerate(zip(r.captions, r.scores), 1):
+                print(f"{r.source}\t{rank}\t{sc:.3f}\t{c}")
     return 1 if failed else 0
 
 

@@ -116,12 +116,15 @@ DECODE_METHODS = ("greedy", "beam", "sample")
 class DecodeConfig:
     """How captions are generated. Defaults are what `caption`, `batch`, `evaluate` and the app use."""
 
-    method: str = "greedy"
+    # Defaults measured on coco-mini val with the README's demo model (BLEU-4): greedy 0.087; beam 3 with
+    # length penalty 0 / 0.5 / 1.0 / 1.5 / 2.0: 0.102 / 0.100 / 0.109 / 0.115 / 0.093; beam 5: 0.107 / 0.093 /
+    # 0.110 / 0.114 / 0.079. A checkpoint may carry its own tuned `decode_config`, which then wins.
+    method: str = "beam"
     beam_size: int = 3
     num_captions: int = 1  # n-best: how many captions per input (<= beam_size for beam search)
     max_len: int = 20  # words, not counting EOS
     min_len: int = 1
-    length_penalty: float = 0.0  # GNMT alpha; 0 = plain log-prob
+    length_penalty: float = 1.5  # GNMT alpha; 0 = plain log-prob
     no_repeat_ngram_size: int = 0  # 0 = off
     repetition_penalty: float = 1.0  # >1 discourages words already said (CTRL, Keskar et al. 2019); 1 = off
     suppress_unk: bool = True

@@ -150,7 +150,7 @@ def validate(model: CaptionModel, val_set: CaptionSet, val_feats: torch.Tensor, 
         n_tok = int((captions[:, 1:] != 0).sum())
         loss_sum += float(caption_loss(out.logits, captions[:, 1:])) * n_tok
         tokens += n_tok
-    hyps = generate_captions(model, val_feats, vocab, device, DecodeConfig(max_len=cfg.max_len),
+    hyps = generate_captions(model, val_feats, vocab, device, DecodeConfig(method="greedy", max_len=cfg.max_len),
                              cfg.batch_size, progress)
     scores = bleu_scores([it.captions for it in val_set.items], hyps)
     return {"val_loss": loss_sum / max(tokens, 1), **scores}
