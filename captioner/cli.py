@@ -93,13 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--quiet", action="store_true", help="no progress bars")
 
     c = sub.add_parser("caption", help="caption image files; prints FILE<TAB>CAPTION per file "
-                       "(with --num-captions N: FILE<TAB>RANK<TAB>LOG-PROB<TAB>CAPTION per caption)")
+                       "(with --num-captions N: FILE<TAB>RANK<TAB>SCORE<TAB>CAPTION per caption; SCORE is the "
+                       "length-normalised log-probability the search ranks by)")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
     c.add_argument("--json", action="store_true", help="print one JSON object per line")
     c.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     c.add_argument("--device", default="auto")
     _add_decode_flags(c)
+
+    e = sub.add_parser("evaluate", help="caption a dataset split and score it (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D)")
+    e.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
+    e.add_argument("--data", required=True, help="annotations with reference captions (any supported format)")
+    e.add_argument("--images", help="image folder (default: the annotation file's folder)")
+    e.add_argument("--format", choices=("coco", "karpathy", "flickr8k", "jsonl", "csv"))
+    e.add_argument("--split", choices=("train", "val", "test"), help="split to evaluate (Karpathy, Flickr8k)")
+    e.add_argument("--out", required=True, help="folder for report.json, captions.json, items.jsonl")
+    e.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-meteor", dest="meteor", action="store_false", help="skip METEOR (Java, ~10 s)")
+    e.add_argument("--cache-dir", dest="cache_dir", help="feature cache (default: ~/.cache/captioner/features)")
+    e.add_argument("--quiet", action="store_true")
+    _add_decode_flags(e)
 
     i = sub.add_parser("info", help="describe a checkpoint: model, data, scores")
     i.add_argument("checkpoint", nargs="?")
@@ -119,8 +134,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from .inference import Captioner
 
     cap = Captioner.load(_checkpoint_path(args.checkpoint), device=args.device)
-    results = cap.caption_detailed(args.files, batch_size=max(1, args.batch_size),
-                                   **_overrides(DecodeConfig, args))
+    results = cap.caption_detailed(args.files, batch_size=max(1, args.batch_size), **decode_overrides(args))
     failed = 0
     for r in results:
         if r.error:
@@ -129,14 +143,45 @@ def cmd_caption(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"file": r.source, "error": r.error}))
         elif args.json:
-            print(json.dumps({"file": r.source, "caption": r.caption, "score": round(r.scores[0], 4),
-                              "captions": [{"caption": c, "score": round(s, 4)} for c, s in zip(r.captions, r.scores)]}))
+            print(json.dumps({"file": r.source, "caption": r.caption, "log_prob": round(r.scores[0], 4),
+                              "captions": [{"caption": c, "log_prob": round(s, 4), "score": round(k, 4), "finished": f}
+                                           for c, s, k, f in zip(r.captions, r.scores, r.ranking, r.finished)]}))
         elif len(r.captions) == 1:
             print(f"{r.source}\t{r.caption}")
         else:  # n-best: one ranked line per caption
-            for rank, (c, sc) in enumerate(zip(r.captions, r.scores), 1):
+            for rank, (c, sc) in enumerate(zip(r.captions, r.ranking), 1):
                 print(f"{r.source}\t{rank}\t{sc:.3f}\t{c}")
     return 1 if failed else 0
+
+
+def decode_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Decoding flags the user gave; --beam-size or --num-captions without --method mean beam search."""
+    opts = _overrides(DecodeConfig, args)
+    if "method" not in opts and ("beam_size" in opts or "num_captions" in opts):
+        opts["method"] = "beam"
+    return opts
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .datasets import read_and_report
+    from .evaluation import evaluate, format_table, write_outputs
+    from .inference import Captioner
+
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    data = read_and_report(args.data, args.images, args.format, args.split, "evaluating", log)
+    cap = Captioner.load(_checkpoint_path(args.checkpoint), device=args.device)
+    cfg = replace(cap.decode_config, **decode_overrides(args))
+    report, captions = evaluate(cap, data, cfg, split=args.split, batch_size=max(1, args.batch_size),
+                                meteor=args.meteor, cache_dir=args.cache_dir or "default", progress=not args.quiet)
+    write_outputs(args.out, report, data, captions)
+    label = f"{os.path.basename(report['checkpoint'])} ({cfg.method}" + (
+        f" {cfg.beam_size}, lp {cfg.length_penalty})" if cfg.method == "beam" else ")")
+    print(format_table([(label, report["metrics"])]))
+    print(f"{report['items']} images in {report['seconds']} s; captions generated, not teacher-forced; "
+          f"wrote {os.path.join(args.out, 'report.json')} and captions.json")
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -160,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args, _overrides(ModelConfig, args), _overrides(TrainConfig, args))
         if args.command == "caption":
             return cmd_caption(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
         return cmd_info(args)
     except CaptionerError as exc:
         print(f"captioner: error: {exc}", file=sys.stderr)

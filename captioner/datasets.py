@@ -100,6 +100,17 @@ def read_captions(path: str, images_dir: str | None = None, format: str | None =
     return CaptionSet(items, missing, path, fmt)
 
 
+def read_and_report(path: str, images_dir: str | None, format: str | None, split: str | None, what: str,
+                    log: Callable[[str], None]) -> CaptionSet:
+    """read_captions, then tell the user what was read and which images are missing (before any work)."""
+    data = read_captions(path, images_dir, format, split)
+    if data.missing:
+        log(f"warning: {data.missing_report()}")
+    n_caps = sum(len(it.captions) for it in data.items)
+    log(f"{what}: {len(data.items)} images, {n_caps} captions ({data.format}: {path})")
+    return data
+
+
 def _load_json(path: str):
     try:
         with open(path, encoding="utf-8") as f:

@@ -4,7 +4,7 @@ A frozen CNN gives the same features for the same image every epoch, and the CNN
 a CPU training step, so features are computed once and reused across epochs and runs.
 
 Cache layout: <cache_dir>/<key>/<file-id>.pt, one fp16 tensor (P,E) per image.
-  key     = hash of (backbone, weights source, transform spec, pooled or grid, cache format version):
+  key     = hash of (backbone, weights source and value fingerprint, transform spec, pooled or grid, version):
             any change to how features are made lands in a new folder, so stale features are never read.
   file-id = hash of (absolute path, size, mtime): an edited or replaced image is re-encoded.
 """
@@ -32,7 +32,13 @@ def default_cache_dir() -> str:
 
 
 def cache_key(model: CaptionModel) -> str:
-    desc = {"backbone": model.cfg.backbone, "weights": model.encoder.weights_source,
+    """Names how features are made. The weights are fingerprinted by value, not just by their source: a
+    random-init, fine-tuned or file-loaded encoder must never share a cache folder with another."""
+    weights = hashlib.sha1()
+    for name, tensor in model.encoder.state_dict().items():
+        weights.update(name.encode())
+        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    desc = {"backbone": model.cfg.backbone, "weights": model.encoder.weights_source, "fingerprint": weights.hexdigest(),
             "transform": model.transform_spec, "pooled": model.encoder.pool, "version": CACHE_VERSION}
     return hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 

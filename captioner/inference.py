@@ -29,7 +29,9 @@ ImageInput = "str | os.PathLike | Image.Image"
 class CaptionResult:
     source: str  # file path, or "<image N>" for in-memory images
     captions: list[str] = field(default_factory=list)  # best first
-    scores: list[float] = field(default_factory=list)  # log-probabilities of the captions
+    scores: list[float] = field(default_factory=list)  # the model's log-probabilities of the captions
+    ranking: list[float] = field(default_factory=list)  # what the search ranked by (length-normalised)
+    finished: list[bool] = field(default_factory=list)  # False: cut at max_len before the model ended it
     attention: list[torch.Tensor | None] = field(default_factory=list)  # per caption (words, P), attention models
     error: str | None = None  # set instead of captions when the input could not be read
 
@@ -99,6 +101,8 @@ class Captioner:
                 for i, hyps in zip(ok, self.caption_tensors(torch.stack(tensors), cfg)):
                     results[i].captions = [self.vocab.decode(h.tokens) for h in hyps]
                     results[i].scores = [h.log_prob for h in hyps]
+                    results[i].ranking = [h.score for h in hyps]
+                    results[i].finished = [h.finished for h in hyps]
                     results[i].attention = [h.attention for h in hyps]
         return results
 

@@ -9,22 +9,13 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import ModelConfig, TrainConfig
-from .datasets import CaptionSet, read_captions
+from .datasets import read_and_report
 from .errors import ConfigError
 from .features import default_cache_dir
 from .inference import resolve_device
 from .model import build_model
 from .training import fit
 from .vocab import Vocabulary
-
-
-def _read(path: str, images: str | None, fmt: str | None, split: str | None, what: str) -> CaptionSet:
-    data = read_captions(path, images, fmt, split)
-    if data.missing:
-        tqdm.write(f"warning: {data.missing_report()}")
-    n_caps = sum(len(it.captions) for it in data.items)
-    tqdm.write(f"{what}: {len(data.items)} images, {n_caps} captions ({data.format}: {path})")
-    return data
 
 
 def cmd_train(args: argparse.Namespace, model_overrides: dict[str, Any], train_overrides: dict[str, Any]) -> int:
@@ -41,11 +32,11 @@ def cmd_train(args: argparse.Namespace, model_overrides: dict[str, Any], train_o
     if not args.data:
         raise ConfigError("--data is required: a caption annotation file (COCO json, Karpathy json, Flickr8k "
                           "token txt, jsonl or csv)")
-    train_set = _read(args.data, args.images, args.format, args.split, "train")
+    train_set = read_and_report(args.data, args.images, args.format, args.split, "train", tqdm.write)
     val_set = None
     if args.val_data or args.val_split:
-        val_set = _read(args.val_data or args.data, args.val_images if args.val_data else args.images,
-                        args.format if not args.val_data else None, args.val_split, "val")
+        val_set = read_and_report(args.val_data or args.data, args.val_images if args.val_data else args.images,
+                                  args.format if not args.val_data else None, args.val_split, "val", tqdm.write)
     else:
         tqdm.write("warning: no --val-data: no validation BLEU; best.pt will be the lowest-training-loss epoch")
 

@@ -46,7 +46,18 @@ def test_train_then_caption_smoke(tmp_path):
 
     proc = run("caption", "--checkpoint", out / "best.pt", "--json", images[0])
     row = json.loads(proc.stdout)
-    assert row["file"] == str(images[0]) and row["caption"] and row["score"] < 0
+    assert row["file"] == str(images[0]) and row["caption"] and row["log_prob"] < 0
+
+    proc = run("caption", "--checkpoint", out / "best.pt", "--beam-size", 5, "--num-captions", 3, images[0])
+    ranked = [l.split("\t") for l in proc.stdout.strip().splitlines()]
+    assert [r[1] for r in ranked] == ["1", "2", "3"] and all(r[0] == str(images[0]) for r in ranked)
+    assert len({r[3] for r in ranked}) == 3
+    proc = run("caption", "--checkpoint", out / "best.pt", "--beam-size", 5, "--num-captions", 3, "--json", images[0])
+    nbest = json.loads(proc.stdout)["captions"]
+    assert [c["caption"] for c in nbest] == [r[3] for r in ranked]
+    # ranked best first; captions the model ended come before any that max_len cut short
+    keys = [(not c["finished"], -c["score"]) for c in nbest]
+    assert keys == sorted(keys)
 
     proc = run("info", out / "best.pt")
     info = json.loads(proc.stdout)
