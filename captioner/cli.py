@@ -1,4 +1,4 @@
-"""`captioner` command line: train, caption, info.
+"""`captioner` command line: train, caption, evaluate, plot, info.
 
 User errors (bad flags, files, checkpoints) print one line `captioner: error: ...` and exit 2; they
 never show a traceback. Anything else is a bug and keeps its traceback.
@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     _add_decode_flags(e)
 
+    pl = sub.add_parser("plot", help="draw a training run's learning curves (loss, BLEU-4, CIDEr-D, grad norm, lr)")
+    pl.add_argument("run_dir", metavar="RUN_DIR")
+    pl.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+
     i = sub.add_parser("info", help="describe a checkpoint: model, data, scores")
     i.add_argument("checkpoint", nargs="?")
     return parser
@@ -207,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_caption(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "plot":
+            from .plotting import plot_run
+            print(plot_run(args.run_dir, args.out))
+            return 0
         return cmd_info(args)
     except CaptionerError as exc:
         print(f"captioner: error: {exc}", file=sys.stderr)

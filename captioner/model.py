@@ -32,9 +32,15 @@ class CaptionModel(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.encoder(images)
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor, sampling_prob: float = 0.0) -> DecoderOutput:
-        """Teacher forcing from precomputed (or just encoded) features (B,P,E) and input tokens (B,T)."""
-        return self.decoder(features, tokens, sampling_prob)
+    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor, sampling_prob: float = 0.0,
+                encoded: bool = True) -> DecoderOutput:
+        """Teacher forcing with input tokens (B,T) from features (B,P,E), or from images (B,3,H,W) when
+        `encoded` is False (the encoder then gets gradients only if it is being fine-tuned). One forward for
+        both, so DistributedDataParallel sees every trained parameter used inside its forward."""
+        if not encoded:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder.frozen):
+                inputs = self.encode(inputs)  # (B,P,E)
+        return self.decoder(inputs.float(), tokens, sampling_prob)
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, encoder_weights: str | None = None) -> CaptionModel:

@@ -5,6 +5,8 @@ import argparse
 import os
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -18,7 +20,32 @@ from .training import fit
 from .vocab import Vocabulary
 
 
+def _init_distributed(device_name: str) -> tuple[int, torch.device | None]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, gloo on CPU) -> (rank, device)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, None
+    use_cuda = torch.cuda.is_available() and device_name != "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return dist.get_rank(), torch.device("cuda", local)
+    return dist.get_rank(), torch.device("cpu")
+
+
 def cmd_train(args: argparse.Namespace, model_overrides: dict[str, Any], train_overrides: dict[str, Any]) -> int:
+    rank, dist_device = _init_distributed(args.device)
+    try:
+        return _train(args, model_overrides, train_overrides, rank, dist_device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_overrides: dict[str, Any],
+           rank: int, dist_device: torch.device | None) -> int:
+    log = tqdm.write if rank == 0 else (lambda msg: None)
     resume = None
     if args.resume:
         resume = load_checkpoint(args.resume)
@@ -32,15 +59,15 @@ def cmd_train(args: argparse.Namespace, model_overrides: dict[str, Any], train_o
     if not args.data:
         raise ConfigError("--data is required: a caption annotation file (COCO json, Karpathy json, Flickr8k "
                           "token txt, jsonl or csv)")
-    train_set = read_and_report(args.data, args.images, args.format, args.split, "train", tqdm.write)
+    train_set = read_and_report(args.data, args.images, args.format, args.split, "train", log)
     val_set = None
     if args.val_data or args.val_split:
         val_set = read_and_report(args.val_data or args.data, args.val_images if args.val_data else args.images,
-                                  args.format if not args.val_data else None, args.val_split, "val", tqdm.write)
+                                  args.format if not args.val_data else None, args.val_split, "val", log)
     else:
-        tqdm.write("warning: no --val-data: no validation BLEU; best.pt will be the lowest-training-loss epoch")
+        log("warning: no --val-data: no validation BLEU; best.pt will be the lowest-training-loss epoch")
 
-    device = resolve_device(args.device)
+    device = dist_device or resolve_device(args.device)
     if resume is not None:
         model, vocab = model_from_checkpoint(resume, args.resume)
         tcfg = TrainConfig.from_dict({**resume["train_config"], **train_overrides})
@@ -49,7 +76,7 @@ def cmd_train(args: argparse.Namespace, model_overrides: dict[str, Any], train_o
         tcfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **train_overrides})
         vocab = Vocabulary.build((c for it in train_set.items for c in it.captions), tcfg.min_freq, tcfg.max_vocab)
         model = build_model(mcfg, len(vocab))
-    tqdm.write(f"model: {model.cfg.backbone} ({model.encoder.weights_source}, "
+    log(f"model: {model.cfg.backbone} ({model.encoder.weights_source}, "
                f"{'frozen' if model.encoder.frozen else 'fine-tuning'}) -> {model.cfg.rnn} "
                f"{'with attention' if model.cfg.attention else ''}; vocabulary {len(vocab)} words; device {device}")
     meta = {"data": os.path.abspath(args.data), "images": args.images and os.path.abspath(args.images),
@@ -57,9 +84,9 @@ def cmd_train(args: argparse.Namespace, model_overrides: dict[str, Any], train_o
             "val_data": args.val_data and os.path.abspath(args.val_data),
             "val_images": args.val_images and os.path.abspath(args.val_images), "val_split": args.val_split}
     summary = fit(model, vocab, train_set, val_set, tcfg, args.out, device, resume=resume,
-                  cache_dir=args.cache_dir or default_cache_dir(), meta=meta, progress=not args.quiet)
+                  cache_dir=args.cache_dir or default_cache_dir(), meta=meta, progress=not args.quiet, log=log)
     if summary["stopped"]:
         return 130
-    tqdm.write(f"done: best epoch {summary['best_epoch']} (score {summary['best_score'][0]:.4f}); "
+    log(f"done: best epoch {summary['best_epoch']} (score {summary['best_score'][0]:.4f}); "
                f"{os.path.join(args.out, 'best.pt')} and last.pt written")
     return 0

@@ -9,6 +9,7 @@ model, optimizer, scheduler and RNG state saved at that moment.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -30,7 +32,7 @@ from .datasets import CaptionPairs, CaptionSet, collate_pairs
 from .decoding import decode
 from .features import encode_images
 from .media import build_transform, load_image_tensor
-from .metrics import bleu_scores
+from .metrics import caption_metrics
 from .model import CaptionModel
 from .vocab import Vocabulary
 
@@ -50,17 +52,25 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, alphas: torch.Tens
 
 
 class EpochSampler(Sampler[int]):
-    """A permutation of range(n) that depends only on (seed, epoch), starting at position `start`."""
+    """This rank's share of a permutation of range(n) that depends only on (seed, epoch), from position `start`.
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0):
-        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+    Like torch's DistributedSampler (the permutation is padded by wrapping to a multiple of `world`, and rank r
+    takes every world-th index from r, so all ranks run the same number of batches), plus a start offset so a
+    run stopped mid-epoch resumes at the exact next example.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.epoch, self.start, self.rank, self.world = n, seed, epoch, start, rank, world
+        self.per_rank = math.ceil(n / world)
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        order += order[: self.per_rank * self.world - self.n]  # pad so every rank gets per_rank examples
+        return iter(order[self.rank::self.world][self.start:])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return max(self.per_rank - self.start, 0)
 
 
 class _Features:
@@ -84,27 +94,25 @@ class EpochStats:
     loss_sum: float = 0.0  # sum over batches of (mean batch loss * tokens)
     tokens: int = 0
     batches: int = 0  # batches done in this epoch, including those before a resume
+    grad_norm_sum: float = 0.0  # sum over batches of the global gradient norm before clipping
     stopped: bool = False
 
     @property
     def loss(self) -> float:
         return self.loss_sum / max(self.tokens, 1)
 
-
-def batch_features(model: CaptionModel, inputs: torch.Tensor, cached: bool) -> torch.Tensor:
-    """Batch inputs -> features (B,P,E): cached features as they are, images through the encoder (with
-    gradients only where the encoder is being fine-tuned)."""
-    if cached:
-        return inputs.float()
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not model.encoder.frozen):
-        return model.encode(inputs)
+    @property
+    def grad_norm(self) -> float:
+        return self.grad_norm_sum / max(self.batches, 1)
 
 
-def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
+def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     device: torch.device, cfg: TrainConfig, *, cached: bool, sampling_prob: float = 0.0,
                     stats: EpochStats | None = None, should_stop: Callable[[], bool] = lambda: False,
                     desc: str = "train", progress: bool = True) -> EpochStats:
-    """One pass of teacher forcing + BPTT. Stops early (stats.stopped) when `should_stop()` turns true."""
+    """One pass of teacher forcing + BPTT over whole captions. `model` is a CaptionModel or its
+    DistributedDataParallel wrapper; `cached` says whether the loader yields features or images.
+    Stops early (stats.stopped) when `should_stop()` turns true."""
     stats = stats or EpochStats()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -112,19 +120,19 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
                dynamic_ncols=True)
     for inputs, captions, _ in loader:
         inputs, captions = inputs.to(device), captions.to(device)  # captions (B,T+1): BOS w1 .. EOS PAD..
-        feats = batch_features(model, inputs, cached)  # (B,P,E)
-        out = model(feats, captions[:, :-1], sampling_prob)  # logits (B,T,V)
+        out = model(inputs, captions[:, :-1], sampling_prob, encoded=cached)  # logits (B,T,V)
         targets = captions[:, 1:]  # (B,T)
         loss = caption_loss(out.logits, targets, out.alphas, label_smoothing=cfg.label_smoothing,
                             alpha_c=cfg.alpha_c)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        # The norm before clipping is logged: growing norms are the early sign of exploding gradients.
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         optimizer.step()
         n_tok = int((targets != 0).sum())
         stats.loss_sum += loss.item() * n_tok
         stats.tokens += n_tok
+        stats.grad_norm_sum += float(norm)
         stats.batches += 1
         bar.update(captions.size(0))
         bar.set_postfix(loss=f"{stats.loss:.3f}")
@@ -138,8 +146,8 @@ def train_one_epoch(model: CaptionModel, loader: DataLoader, optimizer: torch.op
 @torch.no_grad()
 def validate(model: CaptionModel, val_set: CaptionSet, val_feats: torch.Tensor, vocab: Vocabulary,
              device: torch.device, cfg: TrainConfig, progress: bool = True) -> dict[str, float]:
-    """Teacher-forced loss on every val caption, and BLEU-1..4 of greedy *generated* captions (never
-    teacher-forced) against all references of each image."""
+    """Teacher-forced loss on every val caption, and BLEU-1..4 / CIDEr-D / ROUGE-L of greedy *generated*
+    captions (never teacher-forced) against all references of each image."""
     model.eval()
     pairs = CaptionPairs(val_set.items, vocab, _Features(val_feats), cfg.max_len)
     loss_sum, tokens = 0.0, 0
@@ -152,7 +160,8 @@ def validate(model: CaptionModel, val_set: CaptionSet, val_feats: torch.Tensor, 
         tokens += n_tok
     hyps = generate_captions(model, val_feats, vocab, device, DecodeConfig(method="greedy", max_len=cfg.max_len),
                              cfg.batch_size, progress)
-    scores = bleu_scores([it.captions for it in val_set.items], hyps)
+    scores = caption_metrics([it.captions for it in val_set.items], hyps, meteor=False)
+    scores.pop("METEOR")  # Java start-up each epoch is not worth it; `captioner evaluate` reports it
     return {"val_loss": loss_sum / max(tokens, 1), **scores}
 
 
@@ -225,16 +234,85 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) when not running under torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_ranks_agree(local: Callable[[], bool], world: int) -> Callable[[], bool]:
+    """A stop request on any rank stops every rank at the same batch (DDP ranks must run in lockstep)."""
+    if world == 1:
+        return local
+
+    def agreed() -> bool:
+        flag = torch.tensor([1.0 if local() else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+    return agreed
+
+
+def _sum_over_ranks(stats: EpochStats, world: int) -> EpochStats:
+    if world == 1:
+        return stats
+    t = torch.tensor([stats.loss_sum, float(stats.tokens), stats.grad_norm_sum, float(stats.batches)],
+                     dtype=torch.float64)
+    dist.all_reduce(t)
+    return EpochStats(float(t[0]), int(t[1]), stats.batches, float(t[2]) / world, stats.stopped)
+
+
+class _RunLog:
+    """Per-epoch records to <out>/metrics.jsonl, and to TensorBoard (<out>/tensorboard) when installed."""
+
+    def __init__(self, out_dir: str, enabled: bool):
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+            except ImportError:
+                self.writer = None
+        self.enabled = enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: CaptionSet | None,
         cfg: TrainConfig, out_dir: str, device: torch.device, *, resume: dict | None = None,
         cache_dir: str | None = None, meta: dict | None = None, progress: bool = True,
         log: Callable[[str], None] = tqdm.write, should_stop: Callable[[], bool] | None = None) -> dict:
     """Train, validate every epoch, write out_dir/last.pt (every epoch and on stop) and out_dir/best.pt
-    (best val BLEU-4). Returns a summary: best score/epoch, history, whether it was stopped.
-    Stops cleanly (saving a resumable last.pt) on SIGINT/SIGTERM or when `should_stop()` turns true."""
+    (best val BLEU-4), plus metrics.jsonl / TensorBoard curves. Returns a summary: best score/epoch, history,
+    whether it was stopped. Stops cleanly (saving a resumable last.pt) on SIGINT/SIGTERM or when
+    `should_stop()` turns true.
+
+    Under torchrun (torch.distributed initialised) the decoder trains with DistributedDataParallel: each rank
+    takes its share of every epoch; rank 0 alone validates, logs and writes checkpoints, and broadcasts the
+    validation result so every rank takes the same scheduler / early-stopping decisions.
+    """
+    rank, world = dist_info()
+    main_rank = rank == 0
+    progress = progress and main_rank
+    if not main_rank:
+        log = lambda msg: None  # noqa: E731
     os.makedirs(out_dir, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)  # different dropout masks per rank
+    random.seed(cfg.seed + rank)
     model.to(device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
@@ -246,22 +324,37 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
         if scheduler is not None and resume.get("scheduler_state"):
             scheduler.load_state_dict(resume["scheduler_state"])
         run.update({k: resume[k] for k in run if k in resume})
-        stats = EpochStats(resume.get("epoch_loss_sum", 0.0), resume.get("epoch_tokens", 0), resume.get("batch", 0))
+        stats = EpochStats(resume.get("epoch_loss_sum", 0.0), resume.get("epoch_tokens", 0), resume.get("batch", 0),
+                           resume.get("epoch_grad_norm_sum", 0.0))
         _set_rng_state(resume["rng"])
+    trained = model
+    if world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    runlog = _RunLog(out_dir, main_rank)
 
     with stop_requests() as signalled:
-        stop = (lambda: signalled() or should_stop()) if should_stop else signalled
+        local_stop = (lambda: signalled() or should_stop()) if should_stop else signalled
+        stop = _all_ranks_agree(local_stop, world)
         cached = model.encoder.frozen and cfg.cache_features
         paths = [it.image for it in train_set.items]
         if cached:
-            load = _Features(encode_images(model, paths, device, cfg.batch_size, cfg.num_workers, cache_dir,
-                                           progress, stop))
+            feats = None
+            for turn in ((0,) if world == 1 else (0, 1)):  # rank 0 fills the cache, then the others read it
+                if (rank == 0) == (turn == 0):
+                    feats = encode_images(model, paths, device, cfg.batch_size, cfg.num_workers, cache_dir,
+                                          progress, local_stop)
+                if world > 1:
+                    dist.barrier()
+            load = _Features(feats)
         else:
             load = _Images(paths, build_transform(model.transform_spec, train=True))
         pairs = CaptionPairs(train_set.items, vocab, load, cfg.max_len)
         val_feats = None
 
         def save(name: str, epoch: int, with_training_state: bool) -> None:
+            if not main_rank:
+                return
             payload = model_payload(model, vocab)
             payload.update(train_config=cfg.to_dict(), data=meta or {}, scores=run["best_scores"],
                            history=run["history"], epoch=epoch, best_score=run["best_score"],
@@ -269,39 +362,47 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             if with_training_state:
                 payload.update(optimizer_state=optimizer.state_dict(), rng=_rng_state(), batch=stats.batches,
                                epoch_loss_sum=stats.loss_sum, epoch_tokens=stats.tokens,
+                               epoch_grad_norm_sum=stats.grad_norm_sum,
                                scheduler_state=scheduler.state_dict() if scheduler is not None else None)
             save_checkpoint(os.path.join(out_dir, name), payload)
 
         for epoch in range(run["epoch"], cfg.epochs):
             t0 = time.time()
             sampling = cfg.scheduled_sampling * epoch / max(1, cfg.epochs - 1)  # linear ramp from 0
-            sampler = EpochSampler(len(pairs), cfg.seed, epoch, start=stats.batches * cfg.batch_size)
+            sampler = EpochSampler(len(pairs), cfg.seed, epoch, stats.batches * cfg.batch_size, rank, world)
             # A private generator: DataLoader draws worker seeds from it, not from the global RNG, whose
             # state is saved for exact resume (a resumed epoch creates one iterator more than a straight run).
             loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_pairs,
-                                num_workers=0 if cached else cfg.num_workers,
+                                num_workers=0 if cached else cfg.num_workers, pin_memory=device.type == "cuda",
                                 generator=torch.Generator().manual_seed(cfg.seed + epoch))
-            stats = train_one_epoch(model, loader, optimizer, device, cfg, cached=cached, sampling_prob=sampling,
+            stats = train_one_epoch(trained, loader, optimizer, device, cfg, cached=cached, sampling_prob=sampling,
                                     stats=stats, should_stop=stop,
                                     desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress)
             if stats.stopped:
                 save("last.pt", epoch, True)
                 log(f"stopped in epoch {epoch + 1} after {stats.batches} batches; resume with --resume "
                     f"{os.path.join(out_dir, 'last.pt')}")
+                runlog.close()
                 return {**run, "stopped": True}
-            record = {"epoch": epoch + 1, "train_loss": round(stats.loss, 4)}
+            total = _sum_over_ranks(stats, world)
+            record = {"epoch": epoch + 1, "train_loss": round(total.loss, 4), "grad_norm": round(total.grad_norm, 4)}
             if val_set is not None:
-                if val_feats is None or not model.encoder.frozen:
-                    val_feats = encode_images(model, [it.image for it in val_set.items], device, cfg.batch_size,
-                                              cfg.num_workers, cache_dir if cached else None,
-                                              progress, stop)
-                record.update({k: round(v, 4) for k, v in
-                               validate(model, val_set, val_feats, vocab, device, cfg, progress).items()})
+                if main_rank:
+                    if val_feats is None or not model.encoder.frozen:
+                        val_feats = encode_images(model, [it.image for it in val_set.items], device,
+                                                  cfg.batch_size, cfg.num_workers, cache_dir if cached else None,
+                                                  progress, local_stop)
+                    record.update({k: round(v, 4) for k, v in
+                                   validate(model, val_set, val_feats, vocab, device, cfg, progress).items()})
+                if world > 1:
+                    box = [record]
+                    dist.broadcast_object_list(box, src=0)
+                    record = box[0]
             # Model selection: val BLEU-4 of generated captions, ties broken by val loss; without val data,
             # the lowest training loss.
-            score = [record["BLEU-4"], -record["val_loss"]] if val_set is not None else [-stats.loss, 0.0]
+            score = [record["BLEU-4"], -record["val_loss"]] if val_set is not None else [-total.loss, 0.0]
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(record.get("val_loss", stats.loss))  # smoother than BLEU on small val sets
+                scheduler.step(record.get("val_loss", total.loss))  # smoother than BLEU on small val sets
             elif scheduler is not None:
                 scheduler.step()
             record.update(lr=optimizer.param_groups[0]["lr"], seconds=round(time.time() - t0, 1))
@@ -309,7 +410,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             improved = score > run["best_score"]
             if improved:
                 run.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0,
-                           best_scores={k: v for k, v in record.items() if k.startswith(("BLEU", "val_"))})
+                           best_scores={k: v for k, v in record.items() if k not in ("epoch", "lr", "seconds")})
             else:
                 run["bad_epochs"] += 1
             stats = EpochStats()
@@ -317,9 +418,13 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             save("last.pt", epoch + 1, True)
             if improved:
                 save("best.pt", epoch + 1, False)
+            runlog.write(record)
+            if world > 1:
+                dist.barrier()  # nobody runs ahead while rank 0 writes
             log(" ".join(f"{k}={v}" for k, v in record.items()) + ("  * best" if improved else ""))
             if cfg.patience and run["bad_epochs"] >= cfg.patience:
                 log(f"early stop: val BLEU-4 has not improved for {cfg.patience} epochs "
                     f"(best {run['best_score'][0]:.4f} at epoch {run['best_epoch']})")
                 break
+    runlog.close()
     return {**run, "stopped": False}

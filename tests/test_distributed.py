@@ -1,0 +1,35 @@
+"""Distributed training with torchrun: 2 CPU processes (gloo) train, the result loads and captions."""
+import json
+import socket
+import subprocess
+import sys
+
+from captioner import Captioner
+
+from conftest import COCO_MINI_TRAIN, COCO_MINI_TRAIN_IMAGES
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_processes_train_and_the_result_captions(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "captioner", "train", "--data", str(COCO_MINI_TRAIN),
+           "--images", str(COCO_MINI_TRAIN_IMAGES), "--val-data", str(COCO_MINI_TRAIN), "--val-images",
+           str(COCO_MINI_TRAIN_IMAGES), "--epochs", "2", "--hidden-dim", "32", "--embed-dim", "16",
+           "--batch-size", "32", "--min-freq", "2", "--out", str(out), "--quiet", "--device", "cpu",
+           "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # rank 0 alone logs and writes: one line per epoch, one metrics record per epoch
+    assert proc.stdout.count("epoch=1 ") == 1 and proc.stdout.count("epoch=2 ") == 1
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[1]["train_loss"] < records[0]["train_loss"]
+    assert {"BLEU-4", "CIDEr-D", "grad_norm", "lr", "val_loss"} <= set(records[0])
+    captions = Captioner.load(out / "best.pt").caption([sorted(COCO_MINI_TRAIN_IMAGES.glob("*.jpg"))[0]])
+    assert captions[0].strip()
