@@ -1,4 +1,4 @@
-"""`captioner` command line: train, caption, evaluate, plot, info.
+"""`captioner` command line: train, caption, evaluate, plot, info, serve.
 
 User errors (bad flags, files, checkpoints) print one line `captioner: error: ...` and exit 2; they
 never show a traceback. Anything else is a bug and keeps its traceback.
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a checkpoint: model, data, scores")
     i.add_argument("checkpoint", nargs="?")
+    from .app import add_serve_parser  # gradio itself is imported only when `serve` runs
+    add_serve_parser(sub)
     return parser
 
 
@@ -215,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .plotting import plot_run
             print(plot_run(args.run_dir, args.out))
             return 0
+        if args.command == "serve":
+            from .app import cmd_serve
+            return cmd_serve(args)
         return cmd_info(args)
     except CaptionerError as exc:
         print(f"captioner: error: {exc}", file=sys.stderr)

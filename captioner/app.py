@@ -1,0 +1,372 @@
+"""Gradio web app: upload a photo, get captions, an n-best list and (for attention models) where the model looked.
+
+    captioner serve --checkpoint runs/demo/best.pt        # http://127.0.0.1:7860
+
+The model is loaded once at start; requests go through Gradio's queue (`concurrency` at a time, at most
+`max_queue` waiting). Uploads over MAX_UPLOAD_BYTES are refused by Gradio's upload route; the caption
+handler decodes with `media.load_image` (the CLI's safe decoder: size, pixel and corrupt-file checks) and turns
+every user error into a one-line gr.Error, never a traceback. The heatmap is Show, Attend and Tell's (Xu et al.,
+2015) soft attention of each word over the encoder's grid, upsampled and blended over the crop the model saw.
+
+Gradio is imported inside functions only, so `import captioner` never needs it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .config import DECODE_METHODS, DecodeConfig
+from .errors import CaptionerError, ConfigError
+from .inference import Captioner
+from .media import IMAGE_EXTENSIONS, load_image
+
+log = logging.getLogger(__name__)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_EXAMPLES = os.path.join(ROOT, "assets", "examples")
+MAX_UPLOAD_MB = 20  # per uploaded file; raise it when video captioning lands (clips are larger)
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+DEFAULT_CONCURRENCY = 2  # captioning requests run at once (more just thrash 2 CPU cores)
+DEFAULT_MAX_QUEUE = 32  # requests waiting; beyond this Gradio tells the user the queue is full
+HEATMAP_SIZE = 384  # px, side of the attention overlay
+VIDEO_UNAVAILABLE = ("Video captioning is not available yet: this version of captioner captions images only. "
+                     "Use the Image tab, or caption frames extracted from the clip.")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".webm", ".mkv")
+METHOD_CHOICES = [("beam search", "beam"), ("greedy", "greedy"), ("sampling", "sample")]
+CSS = """
+#best-caption textarea { font-size: 1.6rem !important; font-weight: 600; line-height: 1.35; }
+"""
+
+
+# ---------------------------------------------------------------- pure helpers (no gradio)
+
+def decode_settings(base: DecodeConfig, method: str, beam_size: Any, num_captions: Any, length_penalty: Any,
+                    max_len: Any, temperature: Any) -> tuple[DecodeConfig, list[str]]:
+    """The UI's controls -> a valid DecodeConfig, plus notes on what was adjusted (shown as warnings).
+
+    Impossible combinations are clamped rather than refused: the user asked for captions, not a lesson in
+    beam search. Out-of-range values are ConfigErrors naming the value."""
+    if method not in DECODE_METHODS:
+        raise ConfigError(f"unknown decoding method {method!r}; choose one of: {', '.join(DECODE_METHODS)}")
+    try:
+        k, n, ml = int(beam_size), int(num_captions), int(max_len)
+        lp, temp = float(length_penalty), float(temperature)
+    except (TypeError, ValueError):
+        raise ConfigError("beam size, number of captions and max length must be whole numbers; "
+                          "length penalty and temperature numbers") from None
+    notes = []
+    if method == "greedy" and n != 1:
+        notes.append("greedy decoding gives one caption; showing 1 (use beam search or sampling for more)")
+        n = 1
+    if method == "beam" and n > k:
+        notes.append(f"beam size {k} gives at most {k} captions; showing {k}")
+        n = k
+    cfg = replace(base, method=method, beam_size=k, num_captions=n, length_penalty=lp, max_len=ml,
+                  temperature=temp, min_len=min(base.min_len, max(ml, 1)))
+    cfg.validate()
+    return cfg, notes
+
+
+def model_view(image: Image.Image, spec: dict[str, Any], size: int = HEATMAP_SIZE) -> Image.Image:
+    """The square the eval transform keeps (short side resized, then center-cropped), at `size` px.
+
+    Heatmaps are drawn over this crop, not the whole photo: the attention grid covers only what the model saw."""
+    w, h = image.size
+    side = min(w, h) * min(1.0, float(spec.get("crop_pct", 1.0)))
+    left, top = (w - side) / 2, (h - side) / 2
+    return image.crop((round(left), round(top), round(left + side), round(top + side))).resize(
+        (size, size), Image.BICUBIC)
+
+
+# Blue -> cyan -> yellow -> red, like the "jet" maps in the attention papers; no matplotlib needed.
+_CMAP_X = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+_CMAP_RGB = np.array([[0.0, 0.0, 0.55], [0.0, 0.45, 1.0], [0.1, 0.9, 0.7], [1.0, 0.85, 0.0], [0.9, 0.05, 0.0]])
+
+
+def attention_overlay(view: Image.Image, alpha: np.ndarray, blend: float = 0.5) -> Image.Image:
+    """view (S,S) RGB + one word's attention alpha (P,) over a square h x w grid -> heatmap blended over view.
+
+    The map is scaled to [0, 1] per word (relative attention), upsampled bicubically, coloured, then blended."""
+    P = int(alpha.shape[-1])
+    side = math.isqrt(P)
+    if side * side != P:
+        raise ValueError(f"attention over {P} positions is not a square grid")
+    grid = alpha.reshape(side, side).astype(np.float32)  # (h,w)
+    grid = (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-8)
+    heat = np.asarray(Image.fromarray(grid, mode="F").resize(view.size, Image.BICUBIC)).clip(0.0, 1.0)  # (S,S)
+    color = np.stack([np.interp(heat, _CMAP_X, _CMAP_RGB[:, c]) for c in range(3)], axis=-1)  # (S,S,3)
+    base = np.asarray(view.convert("RGB"), dtype=np.float32) / 255.0
+    out = (1.0 - blend) * base + blend * color
+    return Image.fromarray((out * 255.0).round().clip(0, 255).astype(np.uint8))
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        return [kv for k, v in value.items() for kv in _flatten(v, f"{prefix}{k}.")]
+    return [(prefix.rstrip("."), value)]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def model_info_markdown(info: dict[str, Any], decode: DecodeConfig) -> str:
+    """Captioner.info -> a Markdown table for the model panel (file name only: no server paths to the web)."""
+    mc = info.get("model_config") or {}
+    enc = info.get("encoder") or {}
+    data = info.get("data") or {}
+    layers = mc.get("num_layers", 1)
+    tuned = f"fine-tuned last {mc['fine_tune_encoder']} stages" if mc.get("fine_tune_encoder") else "frozen"
+    rows = [
+        ("Checkpoint", f"`{os.path.basename(str(info.get('checkpoint', '?')))}`"
+         + (f", epoch {info['epoch']}" if info.get("epoch") is not None else "")),
+        ("Backbone", f"{mc.get('backbone', '?')} ({enc.get('weights_source', 'weights unknown')}, {tuned})"),
+        ("Decoder", f"{str(mc.get('rnn', '?')).upper()}, {layers} layer{'s' if layers != 1 else ''}, "
+         f"hidden {mc.get('hidden_dim', '?')}, embedding {mc.get('embed_dim', '?')}"),
+        ("Attention", "yes: soft attention over the image grid (heatmaps available)" if mc.get("attention")
+         else "no (global image vector; no heatmaps)"),
+        ("Vocabulary", f"{info.get('vocab_size', '?'):,} words" if isinstance(info.get("vocab_size"), int)
+         else "?"),
+    ]
+    if data.get("data"):
+        what = f"`{os.path.basename(str(data['data']))}`"
+        extra = [f"{data['format']} format" if data.get("format") else "",
+                 f"split {data['split']}" if data.get("split") else "",
+                 f"{data['train_images']:,} images" if isinstance(data.get("train_images"), int) else ""]
+        rows.append(("Training data", what + "".join(f", {e}" for e in extra if e)))
+    else:
+        rows.append(("Training data", "not recorded in this checkpoint"))
+    scores = [(k, v) for k, v in _flatten(info.get("scores")) if k and v is not None]
+    rows.append(("Scores", ", ".join(f"{k} {_fmt(v)}" for k, v in scores[:12]) if scores
+                 else "not recorded in this checkpoint"))
+    rows.append(("Default decoding", f"{decode.method}" + (f", beam {decode.beam_size}, length penalty "
+                 f"{decode.length_penalty:g}" if decode.method == "beam" else "") + f", max {decode.max_len} words"))
+    if info.get("captioner_version"):
+        rows.append(("Trained with", f"captioner {info['captioner_version']}"))
+    lines = [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join([lines[0], "|---|---|", *lines[1:]])  # the checkpoint row doubles as the table's header
+
+
+def _upload_path(payload: Any) -> tuple[str, str]:
+    """A raw Gradio FileData dict (the handler runs with preprocess=False) -> (server path, name to show)."""
+    if not payload:
+        raise CaptionerError("no image: upload, paste or drop a photo, or take one with the webcam")
+    path = payload.get("path") if isinstance(payload, dict) else None
+    if not path:
+        raise CaptionerError("the upload did not arrive; please try again")
+    name = os.path.basename(str(payload.get("orig_name") or "") or path)
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    if size > MAX_UPLOAD_BYTES:
+        raise CaptionerError(f"{name} is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB per image")
+    return path, name
+
+
+class _ImageHandlers:
+    """The Image tab's event handlers around one Captioner. Every user error leaves as a one-line gr.Error."""
+
+    def __init__(self, captioner: Captioner):
+        self.captioner = captioner
+        self.spec = captioner.model.transform_spec
+
+    def caption(self, payload, method, beam_size, num_captions, length_penalty, max_len, temperature):
+        """Raw upload + controls -> best caption, n-best rows, word picker, heatmap, heatmap state."""
+        import gradio as gr
+
+        path = name = ""
+        try:
+            path, name = _upload_path(payload)
+            cfg, notes = decode_settings(self.captioner.decode_config, method, beam_size, num_captions,
+                                         length_penalty, max_len, temperature)
+            image = load_image(path)
+            result = self.captioner.caption_detailed([image], decode=cfg)[0]
+        except CaptionerError as exc:  # the message names the server's temp path: show the user's file name
+            raise gr.Error(str(exc).replace(path, name) if path else str(exc), title="Cannot caption this image",
+                           print_exception=False) from None
+        except Exception:  # a bug, not the user's fault: full traceback to the server log, one line to the UI
+            log.exception("captioning %s failed", name or "an upload")
+            raise gr.Error("Internal error while captioning; the server log has the details.",
+                           print_exception=False) from None
+        for note in notes:
+            gr.Warning(note)
+        rows = [[i + 1, c, round(r, 3), round(s, 3), "yes" if f else "no (max length)"]
+                for i, (c, r, s, f) in enumerate(zip(result.captions, result.ranking, result.scores,
+                                                     result.finished))]
+        state, words_update, heat = None, gr.Radio(choices=[], value=None, visible=False), None
+        att = result.attention[0] if result.attention else None  # (words,P) for the best caption
+        words = result.caption.split()
+        if att is not None and words and att.shape[0] == len(words):
+            state = {"view": model_view(image, self.spec), "attention": att.float().numpy()}
+            words_update = gr.Radio(choices=[(w, i) for i, w in enumerate(words)], value=0, visible=True)
+            heat = attention_overlay(state["view"], state["attention"][0])
+        return result.caption, rows, words_update, heat, state
+
+    @staticmethod
+    def show_word(index, state):
+        if state is None or index is None:
+            return None
+        return attention_overlay(state["view"], state["attention"][int(index)])
+
+
+# ---------------------------------------------------------------- the app
+
+def build_app(captioner: Captioner, examples_dir: str | None, *, concurrency: int = DEFAULT_CONCURRENCY,
+              max_queue: int = DEFAULT_MAX_QUEUE):
+    """The Blocks app around one loaded Captioner. Call `.launch(**launch_options(...))` on it, or use `launch`."""
+    import gradio as gr
+
+    base = captioner.decode_config
+    has_attention = bool(captioner.model.cfg.attention)
+    handlers = _ImageHandlers(captioner)
+
+    def caption_video(payload):
+        # The video issue replaces this with frames, caption and timed captions; until then, say so clearly.
+        raise gr.Error(VIDEO_UNAVAILABLE, title="Images only", print_exception=False)
+
+    def toggle(method):
+        return (gr.update(visible=method == "beam"), gr.update(visible=method != "greedy"),
+                gr.update(visible=method == "beam"), gr.update(visible=method == "sample"))
+
+    with gr.Blocks(title="captioner", analytics_enabled=False) as demo:
+        gr.Markdown("# captioner\nUpload a photo (or drop, paste, or use the webcam) and press **Caption**.")
+        with gr.Tab("Image", id="image"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    image_in = gr.Image(sources=["upload", "webcam", "clipboard"], type="filepath",
+                                        label=f"Photo (jpg, png, webp, ...; at most {MAX_UPLOAD_MB} MB)",
+                                        elem_id="input-image", height=360)
+                    method = gr.Radio(METHOD_CHOICES, value=base.method, label="Decoding method")
+                    with gr.Row():
+                        beam_size = gr.Slider(1, 10, value=base.beam_size, step=1, label="Beam size",
+                                              visible=base.method == "beam")
+                        num_captions = gr.Slider(1, 10, value=base.num_captions, step=1, elem_id="num-captions",
+                                                 label="Number of captions", visible=base.method != "greedy")
+                    with gr.Row():
+                        length_penalty = gr.Slider(0.0, 3.0, value=base.length_penalty, step=0.1,
+                                                   label="Length penalty (0 = off)", visible=base.method == "beam")
+                        max_len = gr.Slider(1, 50, value=base.max_len, step=1, label="Max length (words)")
+                        temperature = gr.Slider(0.1, 2.0, value=base.temperature, step=0.05,
+                                                label="Temperature", visible=base.method == "sample")
+                    button = gr.Button("Caption", variant="primary", elem_id="caption-button")
+                    _examples(gr, examples_dir, image_in, IMAGE_EXTENSIONS, "Examples: click one, then Caption")
+                with gr.Column(scale=1):
+                    best = gr.Textbox(label="Caption", lines=2, max_lines=4, interactive=False,
+                                      elem_id="best-caption", buttons=["copy"])
+                    table = gr.Dataframe(headers=["rank", "caption", "score", "log-prob", "finished"],
+                                         datatype=["number", "str", "number", "number", "str"],
+                                         interactive=False, wrap=True, elem_id="nbest",
+                                         column_widths=["9%", "49%", "14%", "14%", "14%"],
+                                         label="n-best captions (score: what the search ranks by, length-normalised)")
+                    gr.Markdown("### Where the model looked")
+                    if has_attention:
+                        gr.Markdown("Pick a word to see the attention behind it (red = most attention; scaled "
+                                    "per word, over the square the model saw).")
+                    else:
+                        gr.Markdown("Attention heatmaps need a model trained with attention "
+                                    "(`captioner train --attention`); this checkpoint has none.",
+                                    elem_id="no-attention")
+                    word = gr.Radio(choices=[], label="Word", visible=False, elem_id="heatmap-word")
+                    heatmap = gr.Image(label="Attention heatmap", interactive=False, visible=has_attention,
+                                       elem_id="heatmap", height=HEATMAP_SIZE)
+            state = gr.State(None)
+            button.click(handlers.caption, [image_in, method, beam_size, num_captions, length_penalty, max_len,
+                                         temperature], [best, table, word, heatmap, state],
+                         api_name="caption_image", preprocess=False)
+            word.input(handlers.show_word, [word, state], heatmap, api_visibility="private", show_progress="hidden")
+            method.change(toggle, method, [beam_size, num_captions, length_penalty, temperature],
+                          api_visibility="private", queue=False, show_progress="hidden")
+        with gr.Tab("Video", id="video"):
+            gr.Markdown(f"**{VIDEO_UNAVAILABLE}**", elem_id="video-notice")
+            video_in = gr.Video(sources=["upload"], label="Video clip")
+            video_button = gr.Button("Caption video", elem_id="video-button")
+            video_caption = gr.Textbox(label="Caption", interactive=False)
+            _examples(gr, examples_dir, video_in, VIDEO_EXTENSIONS, "Example clips")
+            video_button.click(caption_video, video_in, video_caption, api_name="caption_video", preprocess=False)
+        with gr.Accordion("Model", open=True):
+            gr.Markdown(model_info_markdown(captioner.info, base), elem_id="model-info")
+    return demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
+
+
+def _examples(gr, examples_dir: str | None, component, extensions: tuple[str, ...], label: str) -> None:
+    """Clickable examples: the files in `examples_dir` with these extensions, if any; nothing otherwise."""
+    if not examples_dir or not os.path.isdir(examples_dir):
+        return
+    files = sorted(os.path.join(examples_dir, f) for f in os.listdir(examples_dir)
+                   if f.lower().endswith(extensions) and not f.startswith("."))
+    if files:
+        gr.Examples([[f] for f in files], inputs=[component], label=label, examples_per_page=12)
+
+
+def launch_options(checkpoint: str | None = None) -> dict[str, Any]:
+    """What `Blocks.launch` gets besides host/port: limits, and serving nothing but Gradio's own temp files.
+
+    Gradio's /file= route serves only `allowed_paths`, its upload folder and its cache (GRADIO_TEMP_DIR);
+    example images are copied into that cache. So allowed_paths stays empty, and the checkpoint is blocked too."""
+    import gradio as gr
+
+    return {"max_file_size": MAX_UPLOAD_BYTES, "allowed_paths": [],
+            "blocked_paths": [os.path.abspath(checkpoint)] if checkpoint else [],
+            "show_error": False, "theme": gr.themes.Soft(), "css": CSS, "ssr_mode": False, "pwa": False,
+            "mcp_server": False, "enable_monitoring": False, "footer_links": ["api", "gradio", "settings"]}
+
+
+def launch(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, device: str = "auto",
+           examples_dir: str | None = DEFAULT_EXAMPLES, concurrency: int = DEFAULT_CONCURRENCY,
+           max_queue: int = DEFAULT_MAX_QUEUE, prevent_thread_lock: bool = False, quiet: bool = False):
+    """Load the model once, build the app and serve it. Blocks until Ctrl-C unless prevent_thread_lock;
+    returns the running Blocks (call `.close()` to stop it)."""
+    if concurrency < 1 or max_queue < 1:
+        raise ConfigError(f"concurrency and max queue must be >= 1, got {concurrency} and {max_queue}")
+    captioner = Captioner.load(checkpoint, device=device)
+    demo = build_app(captioner, examples_dir, concurrency=concurrency, max_queue=max_queue)
+    try:  # Gradio's own banner talks about launch() arguments; ours names the CLI's flags instead
+        demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
+                    **launch_options(checkpoint))
+    except OSError as exc:
+        first = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot serve on {host}:{port} ({first}); pick another --port") from None
+    if not quiet:
+        print(f"captioner: serving {os.path.basename(checkpoint)} ({captioner.device}) at {demo.local_url}"
+              + (f" and {demo.share_url}" if demo.share_url else "") + "; Ctrl-C stops it", flush=True)
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return demo
+
+
+# ---------------------------------------------------------------- CLI (wired into cli.py)
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from .cli import DEFAULT_CHECKPOINT
+
+    s = sub.add_parser("serve", help="start the web app (Gradio) on http://HOST:PORT",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for the whole network")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--share", action="store_true", help="also open a public *.gradio.live link (needs internet)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    s.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests captioned at once")
+    s.add_argument("--max-queue", dest="max_queue", type=int, default=DEFAULT_MAX_QUEUE,
+                   help="requests allowed to wait; more are turned away")
+    s.add_argument("--examples", default=DEFAULT_EXAMPLES, help="folder of clickable example images")
+    return s
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .cli import _checkpoint_path
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    launch(_checkpoint_path(args.checkpoint), host=args.host, port=args.port, share=args.share,
+           device=args.device, examples_dir=args.examples, concurrency=args.concurrency, max_queue=args.max_queue)
+    return 0
+
+
+__all__ = ["build_app", "launch", "launch_options", "add_serve_parser", "cmd_serve", "attention_overlay",
+           "model_view", "model_info_markdown", "decode_settings", "MAX_UPLOAD_MB"]
