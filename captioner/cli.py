@@ -198,7 +198,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = {"checkpoint": os.path.abspath(path), "format_version": ckpt["format_version"],
             "captioner_version": ckpt.get("captioner_version"), "model": ckpt["model_config"],
             "encoder": ckpt.get("encoder"), "vocab_size": len(ckpt["vocab"]["itos"]), "epoch": ckpt.get("epoch"),
-            "data": ckpt.get("data"), "scores": ckpt.get("scores"), "decode": ckpt.get("decode_config")}
+            "data": ckpt.get("data"), "scores": ckpt.get("scores"), "held_out_scores": ckpt.get("held_out_scores"),
+            "decode": ckpt.get("decode_config")}
     print(json.dumps(info, indent=2, default=str))
     return 0
 
