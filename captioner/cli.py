@@ -1,4 +1,4 @@
-"""`captioner` command line: train, caption, evaluate, plot, info, serve.
+"""`captioner` command line: train, caption, evaluate, batch, serve, plot, info.
 
 User errors (bad flags, files, checkpoints) print one line `captioner: error: ...` and exit 2; they
 never show a traceback. Anything else is a bug and keeps its traceback.
@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a checkpoint: model, data, scores")
     i.add_argument("checkpoint", nargs="?")
     from .app import add_serve_parser  # gradio itself is imported only when `serve` runs
+    from .batch_cli import add_batch_parser
+    add_batch_parser(sub)
     add_serve_parser(sub)
     return parser
 
@@ -218,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .plotting import plot_run
             print(plot_run(args.run_dir, args.out))
             return 0
+        if args.command == "batch":
+            from .batch_cli import cmd_batch
+            return cmd_batch(args)
         if args.command == "serve":
             from .app import cmd_serve
             return cmd_serve(args)

@@ -1,0 +1,673 @@
+"""Batch captioning: thousands of files, resumable, loss-free, sharded across processes with torchrun.
+
+    inputs (files, folders, globs, .txt lists) -> a streamed, deduplicated, deterministic listing
+      -> shard (item i goes to rank i % world) -> skip what the output already holds
+      -> DataLoader workers: load_image + build_transform, or an error string   (b,3,H,W) + errors
+      -> model.encode in batches (channels_last on CPU, fp16 autocast on CUDA)   (b,P,E)
+      -> batched decode (beam search / greedy / sampling)                        hypotheses per image
+      -> rows appended to the output, one write + fsync per batch
+
+The output (.jsonl or .csv) is an append-only log, like a write-ahead log: a batch's rows are one write
+followed by fsync, so Ctrl-C, SIGTERM or a hard kill loses at most the batch in flight; a torn last line
+(a kill in mid-write) is cut off on the next start. Rerunning skips every path the output holds (failed
+ones too, unless retry_failed). While a run is going, the *last* row for a path is the valid one; a run
+that completes rewrites the file atomically (temp file + fsync + os.replace) so it holds one row per path:
+listed inputs in listing order, then any older rows for paths no longer listed. With torchrun, rank r
+appends to `<out>.part-<r>-of-<world>` and rank 0 merges all parts into `<out>` that way once every rank
+has finished (Hadoop's output-committer pattern: per-task files, one commit; the parts must be on a
+filesystem rank 0 sees). Parts left by a killed run of any world size are read (skipped) and merged by the
+next run that completes.
+
+Peak memory does not grow with the number of input files beyond one small set of path strings (the
+listing's de-duplication and the paths already in the output): the listing is streamed through the
+DataLoader's sampler, and at most prefetch_factor x workers batches are in flight.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import hashlib
+import io
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .config import DecodeConfig
+from .decoding import Hypothesis, decode
+from .errors import CaptionerError, ConfigError, MediaError
+from .inference import Captioner, resolve_device
+from .media import IMAGE_EXTENSIONS, load_image
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one run per output is then the user's job
+    fcntl = None
+
+OUTPUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
+LIST_EXTENSIONS = (".txt",)  # an input file with this extension lists one input path per line
+COLUMNS = ("path", "caption", "score", "captions", "model", "error")
+_GLOB_CHARS = set("*?[")
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+def iter_inputs(specs: Sequence[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Iterator[str]:
+    """Every input file once, in a deterministic order, streamed. Specs in the order given; a folder: its
+    files with one of `extensions` (any case), recursively, sorted by name, hidden entries skipped; a glob:
+    its matches sorted (folders walked, files filtered by extension); a .txt file: the paths it lists, one
+    per line, relative to the current folder, in its own order (blank lines and #-comments skipped); any
+    other path: itself. Video support adds its extensions to `extensions`."""
+    exts = tuple(e.lower() for e in extensions)
+    seen: set[str] = set()
+    for spec in specs:
+        for path in _expand(os.fspath(spec), exts):
+            path = os.path.normpath(path)
+            if path not in seen:  # a file reached twice (a folder and a glob in it) is captioned once
+                seen.add(path)
+                yield path
+
+
+def _expand(spec: str, exts: tuple[str, ...]) -> Iterator[str]:
+    if os.path.isdir(spec):
+        yield from _walk(spec, exts)
+    elif spec.lower().endswith(LIST_EXTENSIONS) and os.path.isfile(spec):
+        yield from _read_list(spec)
+    elif not os.path.lexists(spec) and _GLOB_CHARS & set(spec):
+        for match in sorted(glob.glob(spec, recursive=True)):
+            if os.path.isdir(match):
+                yield from _walk(match, exts)
+            elif match.lower().endswith(exts):
+                yield match
+    else:
+        yield spec  # a file, or one that vanished: it becomes a row with `error`
+
+
+def _walk(folder: str, exts: tuple[str, ...]) -> Iterator[str]:
+    """Depth-first, entries sorted by name; holds one folder's listing per level, never the whole tree.
+    Symlinked folders are not followed (no cycles); symlinked files are."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise MediaError(f"{folder}: cannot list folder ({exc.strerror or exc})") from None
+    for e in entries:
+        if e.name.startswith("."):  # .DS_Store, macOS ._photo.jpg resource forks, .git, ...
+            continue
+        if e.is_dir(follow_symlinks=False):
+            yield from _walk(e.path, exts)
+        elif e.name.lower().endswith(exts) and e.is_file():
+            yield e.path
+
+
+def _read_list(path: str) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield line
+
+
+def check_inputs(specs: Sequence[str]) -> None:
+    """Fail before any work on an input that names nothing (a typo), rather than write a row for it."""
+    if not specs:
+        raise ConfigError("no inputs given; pass image files, folders, globs or a .txt list of paths")
+    for spec in map(os.fspath, specs):
+        if os.path.lexists(spec):
+            continue
+        if _GLOB_CHARS & set(spec):
+            if next(glob.iglob(spec, recursive=True), None) is None:
+                raise ConfigError(f"input {spec!r} matches no files")
+        else:
+            raise ConfigError(f"input {spec!r} does not exist; expected an image file, a folder, a glob or a "
+                              f".txt list of paths")
+
+
+# ----------------------------------------------------------------------------------------------- output files
+
+def output_format(out: str) -> str:
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in OUTPUT_FORMATS:
+        raise ConfigError(f"output {out!r} has extension {ext or '(none)'!r}; choose one of: "
+                          f"{', '.join(OUTPUT_FORMATS)}")
+    return OUTPUT_FORMATS[ext]
+
+
+def check_output(out: str) -> str:
+    """Before any work: the output's format is known and its folder exists and takes new files (the final
+    rewrite is a temp file in that folder). Returns the format."""
+    fmt = output_format(out)
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise ConfigError(f"output {out!r} is a folder; expected a .jsonl or .csv file path")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"output folder {folder!r} does not exist; create it first")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        if os.path.exists(out):
+            with open(out, "ab"):
+                pass
+    except OSError as exc:
+        raise ConfigError(f"output {out!r} is not writable ({exc.strerror or exc})") from None
+    return fmt
+
+
+def part_path(out: str, rank: int, world: int) -> str:
+    return f"{out}.part-{rank}-of-{world}"
+
+
+def existing_parts(out: str) -> list[str]:
+    """Part files of any world size, in (world, rank) order."""
+    def key(p: str):
+        rank, world = p.rsplit(".part-", 1)[1].split("-of-")
+        return int(world), int(rank)
+    parts = [p for p in glob.glob(glob.escape(out) + ".part-*-of-*") if p.rsplit("-of-", 1)[1].isdigit()]
+    return sorted(parts, key=key)
+
+
+class OutputFile:
+    """Reads an output file as (offset, raw bytes, row) records. A torn tail (bytes after the last newline:
+    a kill in mid-write; we only ever append whole newline-terminated rows) is not a record; `end` is where
+    the valid data ends. A complete record that does not parse is not ours: an error, never truncated."""
+
+    def __init__(self, path: str, fmt: str):
+        self.path, self.fmt, self.end = path, fmt, 0
+
+    def records(self) -> Iterator[tuple[int, bytes, dict]]:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, "rb") as f:
+            for offset, raw in _raw_records(f, self.fmt):
+                row = self._parse(raw, offset)
+                self.end = offset + len(raw)
+                if row is not None:
+                    yield offset, raw, row
+
+    def _parse(self, raw: bytes, offset: int) -> dict | None:
+        text = raw.decode("utf-8", "surrogateescape")
+        try:
+            if self.fmt == "csv":
+                values = next(csv.reader(io.StringIO(text)))
+                if offset == 0:
+                    if tuple(values) != COLUMNS:
+                        raise ValueError(f"header {','.join(values)[:80]!r}, expected {','.join(COLUMNS)!r}")
+                    return None
+                if len(values) != len(COLUMNS):
+                    raise ValueError(f"{len(values)} columns, expected {len(COLUMNS)}")
+                return dict(zip(COLUMNS, values))
+            row = json.loads(text)
+            if not isinstance(row, dict) or "path" not in row or "model" not in row:
+                raise ValueError("a row needs path and model")
+            return row
+        except (ValueError, csv.Error) as exc:
+            raise ConfigError(f"{self.path}: not a captioner batch output (byte {offset}: {exc}); choose "
+                              f"another --out or fix the file") from None
+
+
+def _raw_records(f: io.BufferedReader, fmt: str) -> Iterator[tuple[int, bytes]]:
+    """Newline-terminated records. A CSV record spans lines while a quoted field is open (odd quote count)."""
+    offset, buf = 0, b""
+    for line in iter(f.readline, b""):
+        if not line.endswith(b"\n"):
+            return  # torn tail
+        buf += line
+        if fmt == "csv" and buf.count(b'"') % 2:
+            continue
+        yield offset, buf
+        offset, buf = offset + len(buf), b""
+
+
+@dataclass
+class Done:
+    """What earlier runs left in the output: path -> whether its (newest) row is an error."""
+
+    failed: dict[str, bool] = field(default_factory=dict)
+    rows: int = 0
+    superseded: bool = False  # some path has more than one row (a retry, or a run killed before its rewrite)
+
+
+def load_done(files: Sequence[OutputFile], model_id: str) -> Done:
+    """Read every earlier row, oldest file first (newer rows win). Rows from another model are an error:
+    one file must not mix captions from two models."""
+    done = Done()
+    for f in files:
+        for _, _, row in f.records():
+            if row["model"] != model_id:
+                raise ConfigError(f"{f.path} holds rows from model {row['model']!r}, not {model_id!r}; write to "
+                                  f"another --out (or move the old one away)")
+            done.superseded |= row["path"] in done.failed
+            done.failed[row["path"]] = bool(row.get("error"))
+            done.rows += 1
+    return done
+
+
+class ResultWriter:
+    """Appends rows to one output file: locked against a second run, the torn tail cut off, one unbuffered
+    write + fsync per call."""
+
+    def __init__(self, path: str, fmt: str):
+        self.path, self.fmt = path, fmt
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self.fd)
+                raise ConfigError(f"{path} is being written by another batch run; wait for it or choose "
+                                  f"another --out") from None
+
+    def repair(self, end: int) -> bool:
+        """Cut a torn tail (bytes after the last complete record); write the CSV header into an empty file.
+        A file with no complete record is only cut if its bytes could begin one of our files."""
+        size = os.fstat(self.fd).st_size
+        if end == 0 and size:
+            with open(self.path, "rb") as f:
+                head = f.read(16)
+            ours = (",".join(COLUMNS) if self.fmt == "csv" else '{"path": ').encode()
+            if not (head.startswith(ours) or ours.startswith(head)):
+                raise ConfigError(f"{self.path}: not a captioner batch output (starts {head!r}); choose "
+                                  f"another --out")
+        torn = size > end
+        if torn:
+            os.ftruncate(self.fd, end)
+        if end == 0 and self.fmt == "csv":
+            self._append(",".join(COLUMNS) + "\n")
+        return torn
+
+    def write(self, rows: Sequence[dict]) -> None:
+        if rows:
+            self._append(format_rows(rows, self.fmt))
+
+    def _append(self, text: str) -> None:
+        data = text.encode("utf-8", "surrogateescape")
+        while data:  # O_APPEND: each write lands at the end; loop only on a short write
+            data = data[os.write(self.fd, data):]
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)  # also releases the lock
+
+    def __enter__(self) -> "ResultWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def format_rows(rows: Sequence[dict], fmt: str) -> str:
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for r in rows:
+        nbest = json.dumps(r["captions"], ensure_ascii=False) if r.get("captions") else ""
+        w.writerow([r["path"], r["caption"] or "", "" if r["score"] is None else r["score"], nbest, r["model"],
+                    r["error"] or ""])
+    return buf.getvalue()
+
+
+def merge_outputs(out: str, sources: Sequence[str], listing: Iterable[str], fmt: str) -> int:
+    """Rewrite `out` atomically from `sources` (oldest first; a path's newest row wins): rows of listed paths
+    in listing order, then rows of unlisted paths in their old order. Removes the sources other than `out`.
+    Memory: one (file, offset, length) per row, not the rows. Returns the number of rows written."""
+    index: dict[str, tuple[int, int, int]] = {}
+    for i, src in enumerate(sources):
+        for offset, raw, row in OutputFile(src, fmt).records():
+            index[row["path"]] = (i, offset, len(raw))
+    folder = os.path.dirname(os.path.abspath(out))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out) + ".", suffix=".tmp", dir=folder)
+    written = 0
+    try:
+        with contextlib.ExitStack() as stack, os.fdopen(fd, "wb") as w:
+            files = [stack.enter_context(open(s, "rb")) if os.path.exists(s) else None for s in sources]
+
+            def copy(loc: tuple[int, int, int]) -> None:
+                f = files[loc[0]]
+                f.seek(loc[1])
+                w.write(f.read(loc[2]))
+
+            if fmt == "csv":
+                w.write((",".join(COLUMNS) + "\n").encode())
+            for path in listing:
+                loc = index.pop(path, None)
+                if loc is not None:
+                    copy(loc)
+                    written += 1
+            for i, src in enumerate(sources):  # paths no longer listed: kept, never silently dropped
+                for offset, raw, row in OutputFile(src, fmt).records():
+                    if index.get(row["path"]) == (i, offset, len(raw)):
+                        w.write(raw)
+                        del index[row["path"]]
+                        written += 1
+            w.flush()
+            os.fchmod(w.fileno(), os.stat(out).st_mode & 0o777 if os.path.exists(out) else 0o644)
+            os.fsync(w.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
+    for src in sources:
+        if os.path.abspath(src) != os.path.abspath(out):
+            os.unlink(src)
+    return written
+
+
+def _fsync_folder(folder: str) -> None:
+    with contextlib.suppress(OSError):  # not possible on every OS / filesystem
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+class LoadedBatch(NamedTuple):
+    paths: list[str]
+    images: torch.Tensor | None  # (b,3,H,W): the files that loaded, in order; None if none did
+    errors: list[str | None]  # per path: why it could not be read, or None
+
+
+class ImageLoader(Dataset):
+    """Runs in DataLoader workers: path -> (path, (3,H,W) tensor or None, error or None). Any failure of one
+    file becomes its error string, so a bad file never kills a worker or the run."""
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __getitem__(self, path: str) -> tuple[str, torch.Tensor | None, str | None]:
+        try:
+            return path, self.transform(load_image(path)), None
+        except CaptionerError as exc:
+            return path, None, _one_line(str(exc))
+        except Exception as exc:  # a decoder bug on a hostile file is still that file's problem
+            return path, None, _one_line(f"{path}: cannot read ({type(exc).__name__}: {exc})")
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split())
+
+
+def collate_loaded(items: list[tuple[str, torch.Tensor | None, str | None]]) -> LoadedBatch:
+    ok = [t for _, t, _ in items if t is not None]
+    return LoadedBatch([p for p, _, _ in items], torch.stack(ok) if ok else None, [e for _, _, e in items])
+
+
+def _worker_init(_: int) -> None:
+    # The main process decides when to stop (after the batch in hand) and then shuts the workers down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import warnings
+
+    from PIL import Image
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # media's own limit decides
+
+
+def make_loader(paths: Iterable[str], transform: Callable, batch_size: int, workers: int,
+                device: torch.device) -> DataLoader:
+    """Batches of LoadedBatch. `paths` is consumed lazily (it is the sampler: the DataLoader asks it for
+    only the next few batches), so the listing is streamed."""
+    _check_sizes(batch_size, workers)
+    return DataLoader(ImageLoader(transform), batch_size=batch_size, sampler=paths, num_workers=workers,
+                      collate_fn=collate_loaded, pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
+
+
+def _check_sizes(batch_size: int, workers: int) -> None:
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1 (images are never decoded on the main thread), got {workers}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+
+
+# ----------------------------------------------------------------------------------------------- captioning
+
+@torch.no_grad()
+def caption_images(model, vocab, images: torch.Tensor, cfg: DecodeConfig,
+                   device: torch.device) -> list[list[Hypothesis]]:
+    """Preprocessed images (b,3,H,W) -> per image `cfg.num_captions` hypotheses, best first."""
+    images = images.to(device, non_blocking=True)
+    amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
+    with amp:
+        feats = model.encode(images)  # (b,P,E); channels_last on CPU inside encode
+    with _cpu_threads(1 if device.type == "cpu" else None):
+        return decode(model.decoder, feats.float(), vocab, cfg)
+
+
+@contextlib.contextmanager
+def _cpu_threads(n: int | None):
+    """Run the search's small per-step ops on one thread. Each step is a few ms of tiny matmuls; with two
+    intra-op threads they wait at an OpenMP barrier for a core that the DataLoader workers (or anything
+    else) hold, which made a beam-3 LSTM step 5-7x slower here (2 cores, measured), while the big
+    convolutions of the encoder do gain from every thread."""
+    old = torch.get_num_threads()
+    if n is None or n >= old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def model_id(checkpoint: str) -> str:
+    """The checkpoint's file name and the start of its content's SHA-256: `best.pt@1a2b3c4d`."""
+    h = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{os.path.basename(checkpoint)}@{h.hexdigest()[:8]}"
+
+
+def batch_rows(batch: LoadedBatch, hyps: list[list[Hypothesis]], vocab, model: str, nbest: bool) -> list[dict]:
+    rows, it = [], iter(hyps)
+    for path, error in zip(batch.paths, batch.errors):
+        row = {"path": path, "caption": None, "score": None, "model": model, "error": error}
+        if error is None:
+            h = next(it)
+            row.update(caption=vocab.decode(h[0].tokens), score=round(h[0].log_prob, 4))
+            if nbest:
+                row["captions"] = [{"caption": vocab.decode(x.tokens), "score": round(x.log_prob, 4)} for x in h]
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+@dataclass
+class Shard:
+    rank: int = 0
+    world: int = 1
+
+
+@dataclass
+class Summary:
+    out: str
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    stopped: bool = False
+
+    def line(self) -> str:
+        n = self.ok + self.failed
+        rate = n / self.seconds if self.seconds > 0 else 0.0
+        head = "stopped (rerun the same command to continue)" if self.stopped else f"done: {self.out}"
+        return (f"{head}: {self.ok} ok, {self.failed} failed, {self.skipped} skipped (already in the output); "
+                f"{n} files in {self.seconds:.1f} s, {rate:.1f} files/s")
+
+
+class _ShardItems:
+    """The listing, filtered to this rank's share and to what is not done yet; iterable again (one pass to
+    count for the progress bar, one to caption)."""
+
+    def __init__(self, listing: Callable[[], Iterator[str]], shard: Shard, done: Done, retry_failed: bool):
+        self.listing, self.shard, self.done, self.retry = listing, shard, done, retry_failed
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.skipped = 0
+        for i, path in enumerate(self.listing()):
+            if i % self.shard.world != self.shard.rank:
+                continue
+            failed = self.done.failed.get(path)
+            if failed is None or (failed and self.retry):
+                yield path
+            else:
+                self.skipped += 1
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """SIGINT/SIGTERM set a flag that the loop checks between batches; a second Ctrl-C stops at once.
+    The handler only sets the flag (printing from a signal handler can hit a reentrant-write error)."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if flag["stop"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["stop"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: flag["stop"]
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_batch(cap: Captioner, inputs: Sequence[str], out: str, *, model: str, cfg: DecodeConfig | None = None,
+              batch_size: int = 32, workers: int | None = None, retry_failed: bool = False,
+              shard: Shard | None = None, extensions: Sequence[str] = IMAGE_EXTENSIONS, progress: bool = True,
+              log: Callable[[str], None] = tqdm.write) -> Summary:
+    """Caption every input into `out` (see the module docstring). `model` is the id written in each row
+    (`model_id(checkpoint)`). Returns this run's counts, summed over ranks."""
+    cfg = cfg or cap.decode_config
+    cfg.validate()
+    shard = shard or Shard()
+    fmt = check_output(out)
+    check_inputs(inputs)
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    _check_sizes(batch_size, workers)
+    world = shard.world > 1
+    target = part_path(out, shard.rank, shard.world) if world else out
+    current = {part_path(out, r, shard.world) for r in range(shard.world)} if world else set()
+    stale = [p for p in existing_parts(out) if p not in current]  # left by an earlier run, any world size
+    listing = lambda: iter_inputs(inputs, extensions)  # noqa: E731
+
+    t0 = time.time()
+    # Signals are handled until the merge is done too, so a stop never leaves a half-written rewrite behind.
+    with stop_requests() as stop_asked, ResultWriter(target, fmt) as writer:
+        own = OutputFile(target, fmt)
+        done = load_done([OutputFile(p, fmt) for p in [out, *stale] if p != target] + [own], model)
+        if writer.repair(own.end):
+            log(f"{target}: cut off a torn last line (a run was killed in mid-write)")
+        items = _ShardItems(listing, shard, done, retry_failed)
+        todo = sum(1 for _ in items)
+        summary = Summary(out, skipped=items.skipped)
+        if summary.skipped:
+            log(f"skipping {summary.skipped} files already in the output"
+                + ("" if retry_failed else " (failed ones too; --retry-failed retries them)"))
+        desc = f"captioning (rank 0 of {shard.world})" if world else "captioning"
+        summary.stopped = _caption_all(cap, items, writer, model, cfg, batch_size, workers, todo, summary,
+                                       desc if progress and shard.rank == 0 else None, stop_asked, log)
+        counts = _all_reduce(shard, [int(summary.stopped), summary.ok, summary.failed, summary.skipped])
+        summary.ok, summary.failed, summary.skipped = counts[1:]
+        if counts[0]:  # some rank stopped: nothing is merged; the next run resumes from the parts
+            summary.stopped = True
+        elif shard.rank == 0 and (world or stale or done.superseded or (done.rows and summary.ok + summary.failed)):
+            parts = [part_path(out, r, shard.world) for r in range(shard.world)] if world else []
+            merge_outputs(out, [out, *stale, *parts], listing(), fmt)
+    summary.seconds = time.time() - t0
+    return summary
+
+
+def _caption_all(cap: Captioner, items: Iterable[str], writer: ResultWriter, model: str, cfg: DecodeConfig,
+                 batch_size: int, workers: int, todo: int, summary: Summary, progress: str | None,
+                 stop_asked: Callable[[], str | bool], log: Callable[[str], None]) -> bool:
+    """The loop: one batch at a time, rows written before the next batch is taken. `progress`: the bar's
+    label, None for no bar. True if stopped."""
+    nbest = cfg.num_captions > 1
+    if todo == 0:  # a rerun of a finished job: no workers to start
+        return False
+    loader = make_loader(items, cap.transform, batch_size, workers, cap.device)
+    bar = tqdm(total=todo, unit="file", desc=progress, disable=progress is None, dynamic_ncols=True, smoothing=0.1)
+    for batch in loader:
+        if stop_asked():  # the signal came while waiting for this batch: start no new work
+            break
+        hyps = [] if batch.images is None else caption_images(cap.model, cap.vocab, batch.images, cfg, cap.device)
+        writer.write(batch_rows(batch, hyps, cap.vocab, model, nbest))
+        n_failed = sum(e is not None for e in batch.errors)
+        summary.failed += n_failed
+        summary.ok += len(batch.paths) - n_failed
+        bar.update(len(batch.paths))
+        if stop_asked():
+            break
+    stopped = stop_asked()
+    bar.close()
+    if stopped:
+        log(f"{stopped}: stopped after the batch in hand; everything captioned so far is in {writer.path}")
+    return bool(stopped)
+
+
+# ----------------------------------------------------------------------------------------------- torchrun
+
+def shard_device(name: str = "auto") -> torch.device:
+    """Under torchrun, a bare "cuda" (or auto on a GPU machine) means this rank's local GPU."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # More ranks than GPUs on a node share them: decoding keeps a GPU far from busy.
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return device
+
+
+def init_distributed(device: torch.device) -> Shard:
+    """Join torchrun's process group when WORLD_SIZE > 1: gloo on CPU; on CUDA nccl for GPU tensors and
+    gloo for the CPU ones (the only collective here is the final count, a CPU tensor). The timeout is long
+    because a resumed rank with little left waits at the end for one with much left."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Shard()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(days=7))
+    return Shard(dist.get_rank(), dist.get_world_size())
+
+
+def close_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _all_reduce(shard: Shard, values: list[int]) -> list[int]:
+    """Sum over ranks; also the barrier before rank 0 merges the parts."""
+    if shard.world <= 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(t)
+    return t.tolist()

@@ -1,0 +1,95 @@
+"""`captioner batch`: caption thousands of files into a .jsonl or .csv, resumably, optionally sharded with torchrun.
+
+    captioner batch photos/ more/*.png list.txt --out results.jsonl [--checkpoint CKPT] [decoding flags]
+    torchrun --nproc_per_node 4 -m captioner batch photos/ --out results.jsonl
+
+`add_batch_parser` and `cmd_batch` plug into cli.py; `main` (python -m captioner.batch_cli, and
+scripts/batch_caption.py) is the same command on its own, with cli.main's error handling: user errors
+print one line `captioner: error: ...` and exit 2; a stop by Ctrl-C or SIGTERM exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+DESCRIPTION = ("caption every image in files, folders (recursive), globs or .txt lists of paths into a .jsonl or "
+               ".csv (path, caption, score, n-best, model, error); rerun the same command to resume")
+
+
+def add_batch_parser(sub) -> argparse.ArgumentParser:
+    """Add the `batch` subcommand to cli.py's subparsers."""
+    b = sub.add_parser("batch", help=DESCRIPTION, description=DESCRIPTION)
+    add_batch_arguments(b)
+    return b
+
+
+def add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import DEFAULT_CHECKPOINT, _add_decode_flags  # lazy: cli.py imports this module
+
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image file, folder (searched recursively), glob (quote it) or .txt file listing paths")
+    p.add_argument("--out", required=True, help="results file: .jsonl or .csv; appended to and resumed from")
+    p.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader processes decoding images (default: min(2, CPU count))")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (torchrun: each rank its local GPU)")
+    p.add_argument("--retry-failed", dest="retry_failed", action="store_true",
+                   help="caption again the files whose earlier row is an error (others are always skipped)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_decode_flags(p)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .batch import (check_inputs, check_output, close_distributed, init_distributed, model_id, run_batch,
+                        shard_device)
+    from .cli import _checkpoint_path, decode_overrides
+    from .inference import Captioner
+
+    check_output(args.out)  # before any work: a bad --out or input fails in a second, not after loading
+    check_inputs(args.inputs)
+    checkpoint = _checkpoint_path(args.checkpoint)
+    device = shard_device(args.device)
+    shard = init_distributed(device)
+    try:
+        cap = Captioner.load(checkpoint, device=str(device))
+        cfg = replace(cap.decode_config, **decode_overrides(args))
+        cfg.validate()
+        log = (lambda msg: None) if args.quiet else _stderr
+        summary = run_batch(cap, args.inputs, args.out, model=model_id(checkpoint), cfg=cfg,
+                            batch_size=args.batch_size, workers=args.workers, retry_failed=args.retry_failed,
+                            shard=shard, progress=not args.quiet, log=log)
+    finally:
+        close_distributed()
+    if shard.rank == 0:
+        print(summary.line(), flush=True)
+    return 130 if summary.stopped else 0
+
+
+def _stderr(msg: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import CaptionerError
+
+    parser = argparse.ArgumentParser(prog="captioner batch", description=DESCRIPTION)
+    add_batch_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_batch(args)
+    except CaptionerError as exc:
+        print(f"captioner: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("captioner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
