@@ -33,7 +33,6 @@ import json
 import os
 import signal
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -46,6 +45,7 @@ from tqdm.auto import tqdm
 from .config import DecodeConfig
 from .decoding import Hypothesis, decode
 from .errors import CaptionerError, ConfigError, MediaError
+from .stopping import stop_requests
 from .inference import Captioner, resolve_device
 from .media import IMAGE_EXTENSIONS, load_image
 
@@ -529,28 +529,6 @@ class _ShardItems:
                 yield path
             else:
                 self.skipped += 1
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """SIGINT/SIGTERM set a flag that the loop checks between batches; a second Ctrl-C stops at once.
-    The handler only sets the flag (printing from a signal handler can hit a reentrant-write error)."""
-    flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def handler(signum, frame):
-        if flag["stop"] and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag["stop"] = signal.Signals(signum).name
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield lambda: flag["stop"]
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def run_batch(cap: Captioner, inputs: Sequence[str], out: str, *, model: str, cfg: DecodeConfig | None = None,

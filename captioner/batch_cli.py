@@ -76,19 +76,10 @@ def _stderr(msg: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .errors import CaptionerError
+    """`python -m captioner.batch_cli ...` == `captioner batch ...` (same parser and error handling)."""
+    from .cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="captioner batch", description=DESCRIPTION)
-    add_batch_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return cmd_batch(args)
-    except CaptionerError as exc:
-        print(f"captioner: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("captioner: interrupted", file=sys.stderr)
-        return 130
+    return cli_main(["batch", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

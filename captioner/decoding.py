@@ -96,23 +96,25 @@ def _append_attention(att: torch.Tensor | None, state: State) -> torch.Tensor | 
     return alpha if att is None else torch.cat([att, alpha], 1)
 
 
-def greedy(step_fn: StepFn, state: State, batch_size: int, bos_id: int, max_len: int,
-           rules: Rules) -> list[list[Hypothesis]]:
-    """The highest-scoring word at each step, for B examples at once; one Hypothesis per example."""
+def _decode_rows(step_fn: StepFn, state: State, n: int, bos_id: int, max_len: int, rules: Rules,
+                 choose: Callable[[torch.Tensor], torch.Tensor]) -> list[Hypothesis]:
+    """Extend n rows one word per step until every row has ended; `choose` maps the rule-adjusted scores
+    (n,V) to the next word of each row (n,). One Hypothesis per row: its words, the model's log-probability,
+    and as score the sum of the adjusted scores of the chosen words."""
     device = _device(state)
-    tokens = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)
-    seqs = torch.zeros(batch_size, 0, dtype=torch.long, device=device)  # (B,t)
-    done = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    logp = torch.zeros(batch_size, device=device)
-    score = torch.zeros(batch_size, device=device)
+    tokens = torch.full((n,), bos_id, dtype=torch.long, device=device)
+    seqs = torch.zeros(n, 0, dtype=torch.long, device=device)  # (n,t)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    logp = torch.zeros(n, device=device)
+    score = torch.zeros(n, device=device)
     att = None
     for _ in range(max_len):
         log_probs, state = step_fn(tokens, state)
-        adjusted = rules.apply(log_probs, seqs)
-        best, tokens = adjusted.max(dim=-1)  # (B,)
+        adjusted = rules.apply(log_probs, seqs)  # (n,V)
+        tokens = choose(adjusted)  # (n,)
         live = ~done
-        logp = logp + torch.where(live, log_probs.gather(1, tokens[:, None]).squeeze(1), torch.zeros_like(best))
-        score = score + torch.where(live, best, torch.zeros_like(best))
+        logp = logp + torch.where(live, log_probs.gather(1, tokens[:, None]).squeeze(1), torch.zeros_like(logp))
+        score = score + torch.where(live, adjusted.gather(1, tokens[:, None]).squeeze(1), torch.zeros_like(score))
         tokens = torch.where(done, torch.full_like(tokens, rules.eos_id), tokens)
         seqs = torch.cat([seqs, tokens[:, None]], 1)
         att = _append_attention(att, state)
@@ -120,12 +122,19 @@ def greedy(step_fn: StepFn, state: State, batch_size: int, bos_id: int, max_len:
         if bool(done.all()):
             break
     out = []
-    for b, row in enumerate(seqs.tolist()):
+    for r, row in enumerate(seqs.tolist()):
         ended = rules.eos_id in row
         ids = row[: row.index(rules.eos_id)] if ended else row
-        a = att[b, : len(ids)].cpu() if att is not None else None
-        out.append([Hypothesis(ids, float(logp[b]), float(score[b]), ended, a)])
+        a = att[r, : len(ids)].cpu() if att is not None else None
+        out.append(Hypothesis(ids, float(logp[r]), float(score[r]), ended, a))
     return out
+
+
+def greedy(step_fn: StepFn, state: State, batch_size: int, bos_id: int, max_len: int,
+           rules: Rules) -> list[list[Hypothesis]]:
+    """The highest-scoring word at each step, for B examples at once; one Hypothesis per example."""
+    rows = _decode_rows(step_fn, state, batch_size, bos_id, max_len, rules, lambda adj: adj.argmax(dim=-1))
+    return [[h] for h in rows]
 
 
 def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int, bos_id: int, max_len: int,
@@ -221,37 +230,12 @@ def sample(step_fn: StepFn, state: State, batch_size: int, num_samples: int, bos
     S = num_samples
     state = reorder_state(state, torch.arange(batch_size, device=_device(state)).repeat_interleave(S))
 
-    device = _device(state)
-    N = batch_size * S
-    tokens = torch.full((N,), bos_id, dtype=torch.long, device=device)
-    seqs = torch.zeros(N, 0, dtype=torch.long, device=device)
-    done = torch.zeros(N, dtype=torch.bool, device=device)
-    logp = torch.zeros(N, device=device)
-    att = None
-    for _ in range(max_len):
-        log_probs, state = step_fn(tokens, state)
-        scores = rules.apply(log_probs, seqs) / temperature  # (N,V)
-        scores = _filter_top_k_top_p(scores, top_k, top_p)
-        probs = torch.softmax(scores, dim=-1)
-        tokens = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)  # (N,)
-        logp = logp + torch.where(done, torch.zeros_like(logp), log_probs.gather(1, tokens[:, None]).squeeze(1))
-        tokens = torch.where(done, torch.full_like(tokens, rules.eos_id), tokens)
-        seqs = torch.cat([seqs, tokens[:, None]], 1)
-        att = _append_attention(att, state)
-        done = done | (tokens == rules.eos_id)
-        if bool(done.all()):
-            break
-    out = []
-    for b in range(batch_size):
-        hyps = []
-        for r in range(b * S, b * S + S):
-            row = seqs[r].tolist()
-            ended = rules.eos_id in row
-            ids = row[: row.index(rules.eos_id)] if ended else row
-            a = att[r, : len(ids)].cpu() if att is not None else None
-            hyps.append(Hypothesis(ids, float(logp[r]), float(logp[r]), ended, a))
-        out.append(sorted(hyps, key=lambda h: -h.log_prob))
-    return out
+    def draw(adjusted: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(_filter_top_k_top_p(adjusted / temperature, top_k, top_p), dim=-1)  # (N,V)
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(adjusted.device)
+
+    rows = _decode_rows(step_fn, state, batch_size * S, bos_id, max_len, rules, draw)
+    return [sorted(rows[b * S:(b + 1) * S], key=lambda h: -h.log_prob) for b in range(batch_size)]
 
 
 def _filter_top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

@@ -13,10 +13,7 @@ import json
 import math
 import os
 import random
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -34,6 +31,7 @@ from .features import encode_images
 from .media import build_transform, load_image_tensor
 from .metrics import caption_metrics
 from .model import CaptionModel
+from .stopping import stop_requests
 from .vocab import Vocabulary
 
 
@@ -175,30 +173,6 @@ def generate_captions(model: CaptionModel, feats: torch.Tensor, vocab: Vocabular
         hyps = decode(model.decoder, feats[s: s + batch_size].to(device).float(), vocab, decode_cfg)
         out.extend(vocab.decode(h[0].tokens) for h in hyps)
     return out
-
-
-@contextmanager
-def stop_requests():
-    """SIGINT/SIGTERM set a flag the loop checks between batches (so a step is never cut in half); a second
-    Ctrl-C interrupts at once. Yields a callable that says whether a stop was asked for."""
-    flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def handler(signum, frame):
-        if flag["stop"] and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-        tqdm.write(f"\n{signal.Signals(signum).name}: finishing this batch, saving last.pt, then exiting "
-                   f"(Ctrl-C again to quit at once)")
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield lambda: flag["stop"]
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def make_optimizer(model: CaptionModel, cfg: TrainConfig) -> torch.optim.Optimizer:
