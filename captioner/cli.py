@@ -12,7 +12,8 @@ import sys
 from dataclasses import fields
 from typing import Any, Sequence
 
-from .config import DECODE_METHODS, RNN_TYPES, SCHEDULERS, DecodeConfig, ModelConfig, TrainConfig
+from .config import (DATASET_FORMATS, DECODE_METHODS, RNN_TYPES, SCHEDULERS, TEMPORAL, DecodeConfig, ModelConfig,
+                     TrainConfig)
 from .errors import CaptionerError, ConfigError
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = t.add_argument_group("data")
     d.add_argument("--data", help="training annotations (COCO json, Karpathy json, Flickr8k token txt, jsonl, csv)")
     d.add_argument("--images", help="folder the annotation's image paths are relative to (default: its folder)")
-    d.add_argument("--format", choices=("coco", "karpathy", "flickr8k", "jsonl", "csv"), help="default: detect")
+    d.add_argument("--format", choices=DATASET_FORMATS, help="default: detect")
     d.add_argument("--split", choices=("train", "val", "test"), help="split to train on (Karpathy, Flickr8k)")
     d.add_argument("--val-data", dest="val_data", help="validation annotations (default: --data with --val-split)")
     d.add_argument("--val-images", dest="val_images")
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--attention", action="store_true", default=None, help="soft attention over the image grid")
     m.add_argument("--attention-dim", dest="attention_dim", type=int)
     m.add_argument("--tie-weights", dest="tie_weights", action="store_true", default=None)
+    m.add_argument("--temporal", choices=TEMPORAL,
+                   help="video models: how frames are combined (mean pooling, attention over frames, or an "
+                        "lstm/gru over frames); none = an image model (default)")
+    m.add_argument("--temporal-bidirectional", dest="temporal_bidirectional", action="store_true", default=None,
+                   help="the lstm/gru temporal encoder reads the frames in both directions")
+    m.add_argument("--frames", dest="num_frames", type=int, help="frames sampled per video (default 16)")
     o = t.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int)
     o.add_argument("--batch-size", dest="batch_size", type=int)
@@ -92,10 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--workers", dest="num_workers", type=int, help="DataLoader worker processes")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    c = sub.add_parser("caption", help="caption image files; prints FILE<TAB>CAPTION per file "
+    c = sub.add_parser("caption", help="caption image and video files; prints FILE<TAB>CAPTION per file "
                        "(with --num-captions N: FILE<TAB>RANK<TAB>SCORE<TAB>CAPTION per caption; SCORE is the "
                        "length-normalised log-probability the search ranks by)")
     c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("--segments", metavar="WINDOW",
+                   help="timed captions for videos: windows of WINDOW (e.g. 5s, 1m) or 'shots' (cut at shot "
+                        "changes); prints subtitles (see --format)")
+    c.add_argument("--format", dest="subtitle_format", choices=("vtt", "srt", "jsonl"), default="vtt",
+                   help="subtitle format for --segments")
+    c.add_argument("--out", dest="out_dir", metavar="DIR",
+                   help="with --segments: write DIR/<video name>.<format> per video instead of printing")
     c.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
     c.add_argument("--json", action="store_true", help="print one JSON object per line")
     c.add_argument("--batch-size", dest="batch_size", type=int, default=16)
@@ -106,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
     e.add_argument("--data", required=True, help="annotations with reference captions (any supported format)")
     e.add_argument("--images", help="image folder (default: the annotation file's folder)")
-    e.add_argument("--format", choices=("coco", "karpathy", "flickr8k", "jsonl", "csv"))
+    e.add_argument("--format", choices=DATASET_FORMATS)
     e.add_argument("--split", choices=("train", "val", "test"), help="split to evaluate (Karpathy, Flickr8k)")
     e.add_argument("--out", required=True, help="folder for report.json, captions.json, items.jsonl")
     e.add_argument("--batch-size", dest="batch_size", type=int, default=64)
@@ -142,6 +156,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from .inference import Captioner
 
     cap = Captioner.load(_checkpoint_path(args.checkpoint), device=args.device)
+    if args.segments:
+        return _caption_segments(cap, args)
     results = cap.caption_detailed(args.files, batch_size=max(1, args.batch_size), **decode_overrides(args))
     failed = 0
     for r in results:
@@ -159,6 +175,37 @@ def cmd_caption(args: argparse.Namespace) -> int:
         else:  # n-best: one ranked line per caption
             for rank, (c, sc) in enumerate(zip(r.captions, r.ranking), 1):
                 print(f"{r.source}\t{rank}\t{sc:.3f}\t{c}")
+    return 1 if failed else 0
+
+
+def _caption_segments(cap, args: argparse.Namespace) -> int:
+    """--segments: subtitles per video, printed (one video) or written to --out DIR."""
+    from .media import is_video
+    from .segments import format_subtitles, parse_window
+
+    window = parse_window(args.segments)
+    not_videos = [f for f in args.files if not is_video(f)]
+    if not_videos:
+        raise ConfigError(f"--segments needs video files; {not_videos[0]!r} is not one (by its extension)")
+    if len(args.files) > 1 and not args.out_dir:
+        raise ConfigError("--segments with several videos needs --out DIR (one subtitle file per video)")
+    failed = 0
+    for path in args.files:
+        try:
+            segments = cap.caption_segments(path, window, progress=True, **decode_overrides(args))
+        except CaptionerError as exc:
+            failed += 1
+            print(f"captioner: error: {exc}", file=sys.stderr)
+            continue
+        text = format_subtitles(segments, args.subtitle_format)
+        if not args.out_dir:
+            sys.stdout.write(text)
+            continue
+        os.makedirs(args.out_dir, exist_ok=True)
+        target = os.path.join(args.out_dir, f"{os.path.splitext(os.path.basename(path))[0]}.{args.subtitle_format}")
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"{path}\t{target}\t{len(segments)} segments")
     return 1 if failed else 0
 
 

@@ -14,6 +14,13 @@ from .errors import ConfigError
 C = TypeVar("C")
 
 RNN_TYPES = ("lstm", "gru")
+DATASET_FORMATS = ("coco", "karpathy", "flickr8k", "jsonl", "csv", "msrvtt", "msvd")
+# How a video model combines its frames' features: "none" = an image model (a video given to it is captioned
+# from the mean of its frames' features); "mean" pools them (a strong, fast baseline); "attention" lets the
+# decoder attend over frames at every step (SA-LSTM, Yao et al. 2015); "lstm"/"gru" run a recurrent encoder
+# over the frames whose states initialise the decoder and are its attention memory (S2VT, Venugopalan et al.
+# 2015).
+TEMPORAL = ("none", "mean", "attention", "lstm", "gru")
 SCHEDULERS = ("plateau", "cosine", "none")
 
 
@@ -46,11 +53,25 @@ class ModelConfig:
     attention: bool = False  # Show, Attend and Tell soft attention over the spatial grid
     attention_dim: int = 256
     tie_weights: bool = False
+    temporal: str = "none"  # see TEMPORAL
+    temporal_bidirectional: bool = False  # lstm/gru temporal encoder reads the frames both ways
+    num_frames: int = 16  # frames sampled uniformly from each video (training and captioning alike)
+
+    @property
+    def is_video(self) -> bool:
+        return self.temporal != "none"
 
     def validate(self) -> None:
         if self.rnn not in RNN_TYPES:
             raise ConfigError(f"unknown rnn {self.rnn!r}; choose one of: {', '.join(RNN_TYPES)}")
-        for name in ("num_layers", "embed_dim", "hidden_dim", "attention_dim"):
+        if self.temporal not in TEMPORAL:
+            raise ConfigError(f"unknown temporal aggregation {self.temporal!r}; choose one of: {', '.join(TEMPORAL)}")
+        if self.is_video and self.attention:
+            raise ConfigError("--attention (over an image's spatial grid) is for image models; a video model "
+                              "attends over its frames with --temporal attention, lstm or gru")
+        if self.temporal_bidirectional and self.temporal not in ("lstm", "gru"):
+            raise ConfigError("temporal_bidirectional needs --temporal lstm or gru")
+        for name in ("num_layers", "embed_dim", "hidden_dim", "attention_dim", "num_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:

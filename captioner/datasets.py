@@ -11,7 +11,13 @@ Formats (auto-detected, or forced with `format=`):
             beside it selects images (train / dev / test)
   jsonl     one object per line: {"image": path, "caption": str} or {"image": path, "captions": [str]}
   csv       header with `image` and `caption` (or `captions`, "|"-separated) columns
-Relative image paths are resolved against `images_dir` (default: the annotation file's folder).
+  msrvtt    MSR-VTT json: {"videos": [{video_id, split}], "sentences": [{video_id, caption}]}; splits
+            train / validate (our "val") / test
+  msvd      MSVD: AllVideoDescriptions.txt ("<video_id> <caption>" per line, "#" comments) or the
+            MSR Video Description Corpus csv (VideoID, Start, End, Language, Description; English rows)
+In jsonl and csv, a row may name a `video` instead of an `image`: images and clips can be mixed (a video
+model sees an image as a still clip). Relative paths are resolved against `images_dir` (default: the
+annotation file's folder); a video id without an extension (MSR-VTT, MSVD) matches `<id>.mp4`, `.avi`, ...
 """
 from __future__ import annotations
 
@@ -25,16 +31,18 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
+from .config import DATASET_FORMATS
 from .errors import DatasetError
+from .media import VIDEO_EXTENSIONS, is_video, stack_or_list
 from .vocab import Vocabulary
 
-FORMATS = ("coco", "karpathy", "flickr8k", "jsonl", "csv")
+FORMATS = DATASET_FORMATS
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class Item:
-    image: str  # absolute or images_dir-relative path, resolved
+    image: str  # the image or video file: absolute or images_dir-relative path, resolved
     captions: list[str]
     id: str | int
 
@@ -60,17 +68,24 @@ def detect_format(path: str) -> str:
     if ext == ".jsonl":
         return "jsonl"
     if ext == ".csv":
-        return "csv"
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            header = next(csv.reader(f), [])
+        return "msvd" if {"VideoID", "Description"} <= set(header) else "csv"
     if ext == ".txt":
-        return "flickr8k"
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = next((ln for ln in f if ln.strip() and not ln.startswith("#")), "")
+        return "flickr8k" if re.match(r"^\S+#\d+\t", first) else "msvd"
     if ext == ".json":
         data = _load_json(path)
         if isinstance(data, dict) and "annotations" in data and "images" in data:
             return "coco"
+        if isinstance(data, dict) and "videos" in data and "sentences" in data:
+            return "msrvtt"
         if isinstance(data, dict) and data.get("images") and "sentences" in data["images"][0]:
             return "karpathy"
-        raise DatasetError(f"{path}: json is neither COCO captions (images + annotations) nor Karpathy split "
-                           f"(images with sentences); pass --format one of: {', '.join(FORMATS)}")
+        raise DatasetError(f"{path}: json is neither COCO captions (images + annotations), Karpathy split "
+                           f"(images with sentences) nor MSR-VTT (videos + sentences); pass --format one of: "
+                           f"{', '.join(FORMATS)}")
     raise DatasetError(f"{path}: cannot tell the format from extension {ext!r}; pass --format one of: "
                        f"{', '.join(FORMATS)}")
 
@@ -89,7 +104,7 @@ def read_captions(path: str, images_dir: str | None = None, format: str | None =
     raw = READERS[fmt](path, split)  # [(relative image path, captions, id)]
     items, missing = [], []
     for rel, captions, item_id in raw:
-        full = os.path.join(images_dir, rel)
+        full = _resolve(images_dir, rel)
         if os.path.isfile(full):
             items.append(Item(full, captions, item_id))
         else:
@@ -100,6 +115,17 @@ def read_captions(path: str, images_dir: str | None = None, format: str | None =
     return CaptionSet(items, missing, path, fmt)
 
 
+def _resolve(folder: str, rel: str) -> str:
+    """folder/rel; a name without an extension (a video id) is looked for with each video extension."""
+    full = os.path.join(folder, rel)
+    if os.path.splitext(rel)[1] or os.path.isfile(full):
+        return full
+    for ext in VIDEO_EXTENSIONS:
+        if os.path.isfile(full + ext):
+            return full + ext
+    return full + ".mp4"  # reported as missing under the likeliest name
+
+
 def read_and_report(path: str, images_dir: str | None, format: str | None, split: str | None, what: str,
                     log: Callable[[str], None]) -> CaptionSet:
     """read_captions, then tell the user what was read and which images are missing (before any work)."""
@@ -107,7 +133,9 @@ def read_and_report(path: str, images_dir: str | None, format: str | None, split
     if data.missing:
         log(f"warning: {data.missing_report()}")
     n_caps = sum(len(it.captions) for it in data.items)
-    log(f"{what}: {len(data.items)} images, {n_caps} captions ({data.format}: {path})")
+    n_vid = sum(is_video(it.image) for it in data.items)
+    kinds = f"{len(data.items) - n_vid} images" + (f", {n_vid} videos" if n_vid else "")
+    log(f"{what}: {kinds}, {n_caps} captions ({data.format}: {path})")
     return data
 
 
@@ -206,18 +234,54 @@ def _read_csv(path: str, split: str | None):
 
 
 def _add_row(by_image: dict, row, where: str, split: str | None) -> None:
-    if not isinstance(row, dict) or not row.get("image"):
-        raise DatasetError(f"{where}: expected an 'image' field")
+    if not isinstance(row, dict) or not (row.get("image") or row.get("video")):
+        raise DatasetError(f"{where}: expected an 'image' or 'video' field")
     if split is not None and row.get("split") not in (None, "", split):
         return
     caps = row.get("captions") or ([row["caption"]] if row.get("caption") else None)
     if isinstance(caps, str) or not caps or not all(isinstance(c, str) for c in caps):
         raise DatasetError(f"{where}: expected 'caption' (text) or 'captions' (list of text)")
-    by_image.setdefault(row["image"], []).extend(caps)
+    by_image.setdefault(row.get("image") or row["video"], []).extend(caps)
+
+
+def _read_msrvtt(path: str, split: str | None):
+    data = _load_json(path)
+    wanted = {"val": "validate"}.get(split, split)
+    try:
+        ids = [v["video_id"] for v in data["videos"] if split is None or v.get("split") == wanted]
+        captions: dict = {}
+        for s in data["sentences"]:
+            captions.setdefault(s["video_id"], []).append(s["caption"])
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: malformed MSR-VTT file (missing key {exc} in videos/sentences)") from None
+    return [(v, captions[v], v) for v in ids if v in captions]
+
+
+def _read_msvd(path: str, split: str | None):
+    captions: dict[str, list[str]] = {}
+    if path.lower().endswith(".csv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            for lineno, row in enumerate(csv.DictReader(f), 2):
+                try:
+                    if row["Language"] == "English" and (row["Description"] or "").strip():
+                        vid = f"{row['VideoID']}_{row['Start']}_{row['End']}"
+                        captions.setdefault(vid, []).append(row["Description"].strip())
+                except KeyError as exc:
+                    raise DatasetError(f"{path}:{lineno}: MSVD csv lacks column {exc}") from None
+    else:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip() or line.startswith("#"):
+                    continue
+                vid, _, caption = line.strip().partition(" ")
+                if not caption.strip():
+                    raise DatasetError(f"{path}:{lineno}: expected '<video_id> <caption>', got {line[:60]!r}")
+                captions.setdefault(vid, []).append(caption.strip())
+    return [(v, caps, v) for v, caps in captions.items()]
 
 
 READERS: dict[str, Callable] = {"coco": _read_coco, "karpathy": _read_karpathy, "flickr8k": _read_flickr8k,
-                                "jsonl": _read_jsonl, "csv": _read_csv}
+                                "jsonl": _read_jsonl, "csv": _read_csv, "msrvtt": _read_msrvtt, "msvd": _read_msvd}
 
 
 class CaptionPairs(Dataset):
@@ -237,7 +301,8 @@ class CaptionPairs(Dataset):
 
 
 def collate_pairs(batch):
-    """-> inputs (B,...), captions (B,T+1) padded with PAD=0, image indices (B,)."""
+    """-> inputs (B,...) (a list when images and clips are mixed), captions (B,T+1) padded with PAD=0,
+    item indices (B,)."""
     inputs, caps, idx = zip(*batch)
     captions = torch.nn.utils.rnn.pad_sequence(list(caps), batch_first=True, padding_value=0)
-    return torch.stack(inputs), captions, torch.tensor(idx)
+    return stack_or_list(inputs), captions, torch.tensor(idx)

@@ -4,7 +4,13 @@ Follows Show and Tell (Vinyals et al., CVPR 2015: image features initialise the 
 Show, Attend and Tell (Xu et al., ICML 2015: additive soft attention over the spatial grid, a gating
 scalar beta on the context, and the doubly stochastic regulariser on the attention weights).
 
-Shapes: B batch, T caption steps, V vocab, D embedding, E feature, H hidden, L layers, P positions, A attention.
+Shapes: B batch, T caption steps, V vocab, D embedding, E feature, H hidden, L layers, P positions, A attention,
+F frames.
+
+Video models (cfg.temporal) read per-frame features (B,F,E) through the same interface: "mean" conditions on
+their average, "attention" attends over the frames instead of image regions (SA-LSTM, Yao et al., ICCV 2015),
+and "lstm"/"gru" first run a (bidirectional) recurrent encoder over the frames, whose final states initialise
+the decoder and whose per-frame states are its attention memory (S2VT, Venugopalan et al., ICCV 2015).
 
 Two entry points over the same weights:
   forward(features (B,P,E), tokens (B,T)) -> logits (B,T,V)   teacher forcing, for training
@@ -47,21 +53,45 @@ class SoftAttention(nn.Module):
         return context, alpha
 
 
+class TemporalEncoder(nn.Module):
+    """A recurrent encoder over frame features: (B,F,E) -> per-frame states (B,F,Ht) and a clip summary (B,Ht),
+    Ht = H x directions. The summary joins the forward RNN's last state with the backward RNN's first."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, rnn: str, bidirectional: bool):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.bidirectional = bidirectional
+        self.rnn = (nn.LSTM if rnn == "lstm" else nn.GRU)(feature_dim, hidden_dim, batch_first=True,
+                                                          bidirectional=bidirectional)
+        self.out_dim = hidden_dim * (2 if bidirectional else 1)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states, _ = self.rnn(frames)  # (B,F,Ht)
+        if not self.bidirectional:
+            return states, states[:, -1]
+        H = self.hidden_dim
+        return states, torch.cat([states[:, -1, :H], states[:, 0, H:]], dim=1)  # (B,F,2H), (B,2H)
+
+
 class CaptionDecoder(nn.Module):
     def __init__(self, vocab_size: int, feature_dim: int, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.is_lstm = cfg.rnn == "lstm"
-        L, H, D, E = cfg.num_layers, cfg.hidden_dim, cfg.embed_dim, feature_dim
+        self.temporal = (TemporalEncoder(feature_dim, cfg.hidden_dim, cfg.temporal, cfg.temporal_bidirectional)
+                         if cfg.temporal in ("lstm", "gru") else None)
+        attend = cfg.attention or cfg.temporal in ("attention", "lstm", "gru")
+        L, H, D = cfg.num_layers, cfg.hidden_dim, cfg.embed_dim
+        E = self.temporal.out_dim if self.temporal is not None else feature_dim
         self.embed = nn.Embedding(vocab_size, D, padding_idx=0)
         self.init_h = nn.Linear(E, L * H)
         self.init_c = nn.Linear(E, L * H) if self.is_lstm else None
         rnn_cls = nn.LSTM if self.is_lstm else nn.GRU
-        self.rnn = rnn_cls(D + (E if cfg.attention else 0), H, num_layers=L, batch_first=True,
+        self.rnn = rnn_cls(D + (E if attend else 0), H, num_layers=L, batch_first=True,
                            dropout=cfg.dropout if L > 1 else 0.0)
-        self.attention = SoftAttention(E, H, cfg.attention_dim) if cfg.attention else None
-        self.f_beta = nn.Linear(H, E) if cfg.attention else None  # gating scalar per context dim
+        self.attention = SoftAttention(E, H, cfg.attention_dim) if attend else None
+        self.f_beta = nn.Linear(H, E) if attend else None  # gating scalar per context dim
         self.dropout = nn.Dropout(cfg.dropout)
         # Weight tying (Press & Wolf, 2017): the output layer reuses the embedding matrix, via H->D if needed.
         self.out_proj = nn.Linear(H, D) if cfg.tie_weights and H != D else None
@@ -71,13 +101,17 @@ class CaptionDecoder(nn.Module):
 
     # --- state -------------------------------------------------------------------------------------------
     def init_state(self, features: torch.Tensor) -> State:
-        """features (B,P,E) -> state with h (B,L,H) [, c (B,L,H)] [, memory (B,P,E), memory_proj (B,P,A)]."""
+        """features (B,P,E) (image regions, or frames F in place of P) -> state with h (B,L,H) [, c (B,L,H)]
+        [, memory (B,P,E), memory_proj (B,P,A)]."""
         B = features.size(0)
         L, H = self.cfg.num_layers, self.cfg.hidden_dim
-        mean = features.mean(dim=1)  # (B,E)
-        state = {"h": torch.tanh(self.init_h(mean)).view(B, L, H)}
+        if self.temporal is not None:
+            features, summary = self.temporal(features)  # (B,F,Ht), (B,Ht)
+        else:
+            summary = features.mean(dim=1)  # (B,E)
+        state = {"h": torch.tanh(self.init_h(summary)).view(B, L, H)}
         if self.is_lstm:
-            state["c"] = torch.tanh(self.init_c(mean)).view(B, L, H)
+            state["c"] = torch.tanh(self.init_c(summary)).view(B, L, H)
         if self.attention is not None:
             state["memory"] = features
             state["memory_proj"] = self.attention.memory_proj(features)  # (B,P,A)

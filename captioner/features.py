@@ -1,10 +1,12 @@
-"""Batched image encoding, and the on-disk feature cache for frozen encoders.
+"""Batched image and video encoding, and the on-disk feature cache for frozen encoders.
 
 A frozen CNN gives the same features for the same image every epoch, and the CNN is >90% of the cost of
 a CPU training step, so features are computed once and reused across epochs and runs.
 
-Cache layout: <cache_dir>/<key>/<file-id>.pt, one fp16 tensor (P,E) per image.
-  key     = hash of (backbone, weights source and value fingerprint, transform spec, pooled or grid, version):
+Cache layout: <cache_dir>/<key>/<file-id>.pt, one fp16 tensor per file: (P,E) for image models, (F,E) per clip
+for video models (see CaptionModel.encode).
+  key     = hash of (backbone, weights source and value fingerprint, transform spec, pooled or grid, frames
+            per clip, per-frame or averaged, version):
             any change to how features are made lands in a new folder, so stale features are never read.
   file-id = hash of (absolute path, size, mtime): an edited or replaced image is re-encoded.
 """
@@ -20,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .media import build_transform, load_image_tensor
+from .media import build_transform, load_media_tensor, media_to, stack_or_list
 from .model import CaptionModel
 
 CACHE_VERSION = 1
@@ -39,7 +41,8 @@ def cache_key(model: CaptionModel) -> str:
         weights.update(name.encode())
         weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     desc = {"backbone": model.cfg.backbone, "weights": model.encoder.weights_source, "fingerprint": weights.hexdigest(),
-            "transform": model.transform_spec, "pooled": model.encoder.pool, "version": CACHE_VERSION}
+            "transform": model.transform_spec, "pooled": model.encoder.pool, "version": CACHE_VERSION,
+            "frames": model.cfg.num_frames, "per_frame": model.cfg.is_video}
     return hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -48,18 +51,24 @@ def _file_id(path: str) -> str:
     return hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
 
 
-class ImageFiles(Dataset):
-    """Decode + preprocess image files in DataLoader workers: -> (3,H,W) tensors."""
+class MediaFiles(Dataset):
+    """Decode + preprocess image and video files in DataLoader workers: -> (3,H,W) or (F,3,H,W) tensors."""
 
-    def __init__(self, paths: Sequence[str], transform: Callable):
+    def __init__(self, paths: Sequence[str], transform: Callable, num_frames: int):
         self.paths = list(paths)
         self.transform = transform
+        self.num_frames = num_frames
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        return load_image_tensor(self.paths[i], self.transform), i
+        return load_media_tensor(self.paths[i], self.transform, self.num_frames), i
+
+
+def _collate(batch):
+    media, index = zip(*batch)
+    return stack_or_list(media), torch.tensor(index)
 
 
 @torch.no_grad()
@@ -84,12 +93,13 @@ def encode_images(model: CaptionModel, paths: Sequence[str], device: torch.devic
     if todo:
         was_training = model.training
         model.eval()
-        loader = DataLoader(ImageFiles([paths[i] for i in todo], build_transform(model.transform_spec)),
-                            batch_size=batch_size, num_workers=num_workers,
+        loader = DataLoader(MediaFiles([paths[i] for i in todo], build_transform(model.transform_spec),
+                                       model.cfg.num_frames),
+                            batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
                             generator=torch.Generator())  # keeps the global RNG (training's) untouched
         bar = tqdm(total=len(todo), desc="encoding images", unit="img", disable=not progress, leave=False)
-        for images, local in loader:
-            out = model.encode(images.to(device)).to("cpu", torch.float16)  # (b,P,E)
+        for media, local in loader:
+            out = model.encode(media_to(media, device)).to("cpu", torch.float16)  # (b,P,E) or (b,F,E)
             for j, f in zip(local.tolist(), out):
                 i = todo[j]
                 feats[i] = f.clone()

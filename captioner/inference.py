@@ -1,9 +1,11 @@
-"""Captioner: load a checkpoint once, caption many images (batched, CPU or CUDA).
+"""Captioner: load a checkpoint once, caption many images and videos (batched, CPU or CUDA).
 
     from captioner import Captioner
     cap = Captioner.load("runs/demo/best.pt")
-    cap.caption(["photo.jpg", "other.png"])          # -> ["a dog runs on the grass", ...]
+    cap.caption(["photo.jpg", "other.png", "clip.mp4"])   # -> ["a dog runs on the grass", ...]
     cap.caption_detailed(["photo.jpg"], decode=DecodeConfig(method="beam", num_captions=3))
+    cap.caption_video("clip.mp4")                          # CaptionResult
+    cap.caption_segments("long.mp4", window=5.0)           # timed captions (see segments.py)
 """
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from PIL import Image
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
 from .decoding import Hypothesis, decode
-from .errors import CaptionerError, ConfigError
-from .media import build_transform, load_image
+from .errors import CaptionerError, ConfigError, MediaError
+from .media import VIDEO_EXTENSIONS, build_transform, is_video, load_media_tensor, media_to, stack_or_list
 from .model import CaptionModel
+from .segments import Segment, caption_segments
 from .vocab import Vocabulary
 
 ImageInput = "str | os.PathLike | Image.Image"
@@ -82,8 +85,9 @@ class Captioner:
 
     def caption_detailed(self, inputs: Sequence[ImageInput], batch_size: int = 16,
                          decode: DecodeConfig | None = None, **decode_options) -> list[CaptionResult]:
-        """One CaptionResult per input, in order. An unreadable file gives a result with `error` set; the
-        other inputs are still captioned. `decode_options` override fields of the decoding config."""
+        """One CaptionResult per input (image or video file, or PIL image), in order. An unreadable file gives
+        a result with `error` set; the other inputs are still captioned. `decode_options` override fields of
+        the decoding config."""
         cfg = replace(decode or self.decode_config, **decode_options)
         cfg.validate()
         results = [CaptionResult(_name(x, i)) for i, x in enumerate(inputs)]
@@ -92,13 +96,12 @@ class Captioner:
             tensors, ok = [], []
             for i in chunk:
                 try:
-                    img = inputs[i] if isinstance(inputs[i], Image.Image) else load_image(inputs[i])
-                    tensors.append(self.transform(img.convert("RGB")))
+                    tensors.append(self._load(inputs[i]))
                     ok.append(i)
                 except CaptionerError as exc:
                     results[i].error = str(exc)
             if ok:
-                for i, hyps in zip(ok, self.caption_tensors(torch.stack(tensors), cfg)):
+                for i, hyps in zip(ok, self.caption_tensors(stack_or_list(tensors), cfg)):
                     results[i].captions = [self.vocab.decode(h.tokens) for h in hyps]
                     results[i].scores = [h.log_prob for h in hyps]
                     results[i].ranking = [h.score for h in hyps]
@@ -106,10 +109,36 @@ class Captioner:
                     results[i].attention = [h.attention for h in hyps]
         return results
 
+    def caption_video(self, path: str | os.PathLike, **decode_options) -> CaptionResult:
+        """Caption one video file from its uniformly sampled frames; raises MediaError if it cannot be read."""
+        if not is_video(path):
+            raise MediaError(f"{path}: not a video file by its extension; expected one of: "
+                             f"{', '.join(VIDEO_EXTENSIONS)}")
+        result = self.caption_detailed([path], batch_size=1, **decode_options)[0]
+        if result.error:
+            raise MediaError(result.error)
+        return result
+
+    def caption_segments(self, path: str | os.PathLike, window: float | str = 5.0, progress: bool = False,
+                         **decode_options) -> list[Segment]:
+        """Timed captions of a (long) video: fixed windows of `window` seconds, or "shots" (cut where the
+        frames' CNN features change); adjacent windows with the same caption are merged."""
+        cfg = replace(self.decode_config, **decode_options)
+        cfg.validate()
+        return caption_segments(self.model, self.vocab, path, cfg, self.transform, self.device,
+                                window=window, progress=progress)
+
+    def _load(self, x: Any) -> torch.Tensor:
+        """An input -> (3,H,W) for images, (F,3,H,W) for videos."""
+        if isinstance(x, Image.Image):
+            return self.transform(x.convert("RGB"))
+        return load_media_tensor(x, self.transform, self.model.cfg.num_frames)
+
     @torch.no_grad()
-    def caption_tensors(self, images: torch.Tensor, cfg: DecodeConfig | None = None) -> list[list[Hypothesis]]:
-        """Preprocessed images (B,3,H,W) -> hypotheses per image."""
-        feats = self.model.encode(images.to(self.device))  # (B,P,E)
+    def caption_tensors(self, media: torch.Tensor | list[torch.Tensor],
+                        cfg: DecodeConfig | None = None) -> list[list[Hypothesis]]:
+        """Preprocessed images (B,3,H,W), clips (B,F,3,H,W) or a list of either -> hypotheses per input."""
+        feats = self.model.encode(media_to(media, self.device))  # (B,P,E) or (B,F,E)
         return decode(self.model.decoder, feats, self.vocab, cfg or self.decode_config)
 
 

@@ -1,11 +1,15 @@
 """CaptionModel = ImageEncoder + CaptionDecoder, built from a ModelConfig.
 
-Shapes: B batch, T steps, V vocab, P positions (1 for models without attention), E feature.
+Shapes: B batch, T steps, V vocab, P positions (1 for models without attention), E feature, F frames.
     images (B,3,H,W) --encode--> features (B,P,E) --decoder--> logits (B,T,V)
+    clips (B,F,3,H,W) --encode--> video model: frame features (B,F,E); image model: mean over frames (B,P,E)
 Models without attention pool the grid to one vector (P=1): that is all they read, and it keeps the
-feature cache small.
+feature cache small. An image is a one-frame clip: a video model sees it as a still clip (its one frame
+repeated F times), an image model given a video reads the average of its frames' features.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -26,15 +30,33 @@ class CaptionModel(nn.Module):
     def transform_spec(self) -> dict:
         return self.encoder.transform
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B,3,H,W) -> features (B,P,E). channels_last speeds the CNN up about 2x on CPU."""
-        if images.device.type == "cpu":
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.encoder(images)
+    def encode(self, media: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """What the decoder reads, from images (B,3,H,W), clips (B,F,3,H,W), or a list of B items each (3,H,W)
+        or (F_i,3,H,W) (images and clips mixed). All frames of the batch go through the CNN in one call."""
+        if isinstance(media, torch.Tensor):
+            media = list(media)
+        clips = [m.unsqueeze(0) if m.dim() == 3 else m for m in media]  # each (F_i,3,H,W)
+        feats = self.frame_features(torch.cat(clips))  # (sum F_i,P,E)
+        return torch.stack([self.clip_features(f) for f in feats.split([len(c) for c in clips])])
+
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """The CNN alone: frames (N,3,H,W) -> (N,P,E)."""
+        if frames.device.type == "cpu":  # channels_last speeds the CNN up about 2x on CPU
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        return self.encoder(frames)
+
+    def clip_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """One item's per-frame CNN features (F_i,P,E) -> what the decoder reads: (num_frames,E) for a video
+        model (frames resampled uniformly in time to num_frames; a still image repeated), (P,E) otherwise."""
+        if not self.cfg.is_video:
+            return frames.mean(dim=0)  # (P,E)
+        n = self.cfg.num_frames
+        index = (torch.arange(n, device=frames.device) * len(frames)) // n  # (n,) nearest earlier frame
+        return frames[index, 0]  # (n,E); video models pool each frame (P=1)
 
     def forward(self, inputs: torch.Tensor, tokens: torch.Tensor, sampling_prob: float = 0.0,
                 encoded: bool = True) -> DecoderOutput:
-        """Teacher forcing with input tokens (B,T) from features (B,P,E), or from images (B,3,H,W) when
+        """Teacher forcing with input tokens (B,T) from features (B,P,E), or from images/clips (see `encode`) when
         `encoded` is False (the encoder then gets gradients only if it is being fine-tuned). One forward for
         both, so DistributedDataParallel sees every trained parameter used inside its forward."""
         if not encoded:

@@ -78,7 +78,9 @@ def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_over
         model = build_model(mcfg, len(vocab))
     log(f"model: {model.cfg.backbone} ({model.encoder.weights_source}, "
                f"{'frozen' if model.encoder.frozen else 'fine-tuning'}) -> {model.cfg.rnn} "
-               f"{'with attention' if model.cfg.attention else ''}; vocabulary {len(vocab)} words; device {device}")
+               f"{'with attention' if model.cfg.attention else ''}"
+               f"{f'video model ({model.cfg.temporal} over {model.cfg.num_frames} frames)' if model.cfg.is_video else ''}"
+               f"; vocabulary {len(vocab)} words; device {device}")
     meta = {"data": os.path.abspath(args.data), "images": args.images and os.path.abspath(args.images),
             "format": train_set.format, "split": args.split, "train_images": len(train_set.items),
             "val_data": args.val_data and os.path.abspath(args.val_data),

@@ -28,7 +28,7 @@ from .config import DecodeConfig, TrainConfig
 from .datasets import CaptionPairs, CaptionSet, collate_pairs
 from .decoding import decode
 from .features import encode_images
-from .media import build_transform, load_image_tensor
+from .media import build_transform, load_media_tensor, media_to
 from .metrics import caption_metrics
 from .model import CaptionModel
 from .stopping import stop_requests
@@ -79,12 +79,12 @@ class _Features:
         return self.feats[i]
 
 
-class _Images:
-    def __init__(self, paths: list[str], transform):
-        self.paths, self.transform = paths, transform
+class _Media:
+    def __init__(self, paths: list[str], transform, num_frames: int):
+        self.paths, self.transform, self.num_frames = paths, transform, num_frames
 
     def __call__(self, i: int) -> torch.Tensor:
-        return load_image_tensor(self.paths[i], self.transform)
+        return load_media_tensor(self.paths[i], self.transform, self.num_frames)
 
 
 @dataclass
@@ -117,7 +117,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     bar = tqdm(total=len(loader.sampler), desc=desc, unit="cap", disable=not progress, leave=False,
                dynamic_ncols=True)
     for inputs, captions, _ in loader:
-        inputs, captions = inputs.to(device), captions.to(device)  # captions (B,T+1): BOS w1 .. EOS PAD..
+        inputs, captions = media_to(inputs, device), captions.to(device)  # captions (B,T+1): BOS w1 .. EOS PAD..
         out = model(inputs, captions[:, :-1], sampling_prob, encoded=cached)  # logits (B,T,V)
         targets = captions[:, 1:]  # (B,T)
         loss = caption_loss(out.logits, targets, out.alphas, label_smoothing=cfg.label_smoothing,
@@ -322,7 +322,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
                     dist.barrier()
             load = _Features(feats)
         else:
-            load = _Images(paths, build_transform(model.transform_spec, train=True))
+            load = _Media(paths, build_transform(model.transform_spec, train=True), model.cfg.num_frames)
         pairs = CaptionPairs(train_set.items, vocab, load, cfg.max_len)
         val_feats = None
 
