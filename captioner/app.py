@@ -1,11 +1,12 @@
-"""Gradio web app: upload a photo, get captions, an n-best list and (for attention models) where the model looked.
+"""Gradio web app: upload a photo, get captions, an n-best list and (for attention models) where the model looked;
+upload a video clip, get its caption, the frames it was made from and, for long clips, timed captions (WebVTT).
 
     captioner serve --checkpoint runs/demo/best.pt        # http://127.0.0.1:7860
 
 The model is loaded once at start; requests go through Gradio's queue (`concurrency` at a time, at most
-`max_queue` waiting). Uploads over MAX_UPLOAD_BYTES are refused by Gradio's upload route; the caption
-handler decodes with `media.load_image` (the CLI's safe decoder: size, pixel and corrupt-file checks) and turns
-every user error into a one-line gr.Error, never a traceback. The heatmap is Show, Attend and Tell's (Xu et al.,
+`max_queue` waiting). Uploads over MAX_VIDEO_MB are refused by Gradio's upload route, images over
+MAX_UPLOAD_MB by the handler; handlers decode with the CLI's safe readers (`media.load_image`,
+`media.read_video_frames`) and turn every user error into a one-line gr.Error, never a traceback. The heatmap is Show, Attend and Tell's (Xu et al.,
 2015) soft attention of each word over the encoder's grid, upsampled and blended over the crop the model saw.
 
 Gradio is imported inside functions only, so `import captioner` never needs it.
@@ -13,11 +14,12 @@ Gradio is imported inside functions only, so `import captioner` never needs it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
@@ -25,20 +27,23 @@ from PIL import Image
 from .config import DECODE_METHODS, DecodeConfig
 from .errors import CaptionerError, ConfigError
 from .inference import Captioner
-from .media import IMAGE_EXTENSIONS, load_image
+from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_video, load_image, read_video_frames
+from .segments import format_subtitles, parse_window
 
 log = logging.getLogger(__name__)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_EXAMPLES = os.path.join(ROOT, "assets", "examples")
-MAX_UPLOAD_MB = 20  # per uploaded file; raise it when video captioning lands (clips are larger)
+MAX_UPLOAD_MB = 20  # per uploaded image
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+MAX_VIDEO_MB = 200  # per uploaded video; Gradio's upload route refuses anything larger outright
+MAX_VIDEO_BYTES = MAX_VIDEO_MB * 1024 * 1024
+LONG_CLIP_S = 20.0  # clips longer than this get timed captions in "auto" mode
+TIMED_CHOICES = [("auto (clips over 20 s: 10 s windows)", "auto"), ("every 5 s", "5s"), ("every 10 s", "10s"),
+                 ("every 30 s", "30s"), ("at shot changes", "shots"), ("off", "off")]
 DEFAULT_CONCURRENCY = 2  # captioning requests run at once (more just thrash 2 CPU cores)
 DEFAULT_MAX_QUEUE = 32  # requests waiting; beyond this Gradio tells the user the queue is full
 HEATMAP_SIZE = 384  # px, side of the attention overlay
-VIDEO_UNAVAILABLE = ("Video captioning is not available yet: this version of captioner captions images only. "
-                     "Use the Image tab, or caption frames extracted from the clip.")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".webm", ".mkv")
 METHOD_CHOICES = [("beam search", "beam"), ("greedy", "greedy"), ("sampling", "sample")]
 CSS = """
 #best-caption textarea { font-size: 1.6rem !important; font-weight: 600; line-height: 1.35; }
@@ -154,18 +159,42 @@ def model_info_markdown(info: dict[str, Any], decode: DecodeConfig) -> str:
     return "\n".join([lines[0], "|---|---|", *lines[1:]])  # the checkpoint row doubles as the table's header
 
 
-def _upload_path(payload: Any) -> tuple[str, str]:
-    """A raw Gradio FileData dict (the handler runs with preprocess=False) -> (server path, name to show)."""
+def _upload_path(payload: Any, kind: str = "image") -> tuple[str, str]:
+    """A raw Gradio FileData dict (the handler runs with preprocess=False; a video comes wrapped as
+    {"video": FileData}) -> (server path, name to show). Checks the per-kind size limit."""
+    if isinstance(payload, dict) and isinstance(payload.get("video"), dict):
+        payload = payload["video"]
     if not payload:
-        raise CaptionerError("no image: upload, paste or drop a photo, or take one with the webcam")
+        raise CaptionerError("no image: upload, paste or drop a photo, or take one with the webcam" if kind == "image"
+                             else "no video: upload a clip (mp4, webm, mov, avi, ...)")
     path = payload.get("path") if isinstance(payload, dict) else None
     if not path:
         raise CaptionerError("the upload did not arrive; please try again")
     name = os.path.basename(str(payload.get("orig_name") or "") or path)
     size = os.path.getsize(path) if os.path.isfile(path) else 0
-    if size > MAX_UPLOAD_BYTES:
-        raise CaptionerError(f"{name} is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB per image")
+    limit = MAX_UPLOAD_MB if kind == "image" else MAX_VIDEO_MB
+    if size > limit * 1024 * 1024:
+        raise CaptionerError(f"{name} is {size / 2**20:.1f} MB; the limit is {limit} MB per {kind}")
+    if kind == "video" and not (is_video(name) or is_video(path)):
+        raise CaptionerError(f"{name} is not a video file; expected one of: {', '.join(VIDEO_EXTENSIONS)}")
     return path, name
+
+
+@contextlib.contextmanager
+def _user_errors(what: str, path: str, name: str) -> Iterator[None]:
+    """CaptionerError -> a one-line gr.Error naming the user's file (not the server's temp path); anything else
+    is a bug: traceback to the server log, one line to the UI."""
+    import gradio as gr
+
+    try:
+        yield
+    except CaptionerError as exc:
+        raise gr.Error(str(exc).replace(path, name) if path else str(exc), title=f"Cannot caption this {what}",
+                       print_exception=False) from None
+    except Exception:
+        log.exception("captioning %s failed", name or "an upload")
+        raise gr.Error("Internal error while captioning; the server log has the details.",
+                       print_exception=False) from None
 
 
 class _ImageHandlers:
@@ -179,20 +208,12 @@ class _ImageHandlers:
         """Raw upload + controls -> best caption, n-best rows, word picker, heatmap, heatmap state."""
         import gradio as gr
 
-        path = name = ""
-        try:
-            path, name = _upload_path(payload)
+        path, name = _checked_upload(payload, "image")
+        with _user_errors("image", path, name):
             cfg, notes = decode_settings(self.captioner.decode_config, method, beam_size, num_captions,
                                          length_penalty, max_len, temperature)
             image = load_image(path)
             result = self.captioner.caption_detailed([image], decode=cfg)[0]
-        except CaptionerError as exc:  # the message names the server's temp path: show the user's file name
-            raise gr.Error(str(exc).replace(path, name) if path else str(exc), title="Cannot caption this image",
-                           print_exception=False) from None
-        except Exception:  # a bug, not the user's fault: full traceback to the server log, one line to the UI
-            log.exception("captioning %s failed", name or "an upload")
-            raise gr.Error("Internal error while captioning; the server log has the details.",
-                           print_exception=False) from None
         for note in notes:
             gr.Warning(note)
         rows = [[i + 1, c, round(r, 3), round(s, 3), "yes" if f else "no (max length)"]
@@ -213,6 +234,56 @@ class _ImageHandlers:
             return None
         return attention_overlay(state["view"], state["attention"][int(index)])
 
+    def caption_video(self, payload, method, beam_size, num_captions, length_penalty, max_len, temperature, timed):
+        """Raw upload + controls -> caption, sampled frames (gallery), timed captions (rows), WebVTT file."""
+        import gradio as gr
+
+        path, name = _checked_upload(payload, "video")
+        with _user_errors("video", path, name):
+            cfg, notes = decode_settings(self.captioner.decode_config, method, beam_size, num_captions,
+                                         length_penalty, max_len, temperature)
+            clip = read_video_frames(path, self.captioner.model.cfg.num_frames)
+            result = self.captioner.caption_detailed([path], decode=cfg)[0]
+            if result.error:
+                raise CaptionerError(result.error)
+            window = parse_window("10s") if timed == "auto" else None if timed == "off" else parse_window(timed)
+            segments, vtt = [], None
+            if window is not None and (timed != "auto" or clip.info.duration > LONG_CLIP_S):
+                segments = self.captioner.caption_segments(path, window, decode=replace(cfg, num_captions=1))
+                vtt = os.path.join(_private_dir(), f"{os.path.splitext(name)[0] or 'captions'}.vtt")
+                with open(vtt, "w", encoding="utf-8") as f:
+                    f.write(format_subtitles(segments, "vtt"))
+        if not self.captioner.model.cfg.is_video:
+            notes.append(f"this is an image model: the caption describes the average of {len(clip.frames)} frames "
+                         f"(train a video model with `captioner train --temporal ...` for motion and events)")
+        for note in notes:
+            gr.Warning(note)
+        gallery = [(_thumbnail(f), f"{t:.1f} s") for f, t in zip(clip.frames, clip.times)]
+        rows = [[_clock(s.start), _clock(s.end), s.caption] for s in segments]
+        return result.caption, gallery, rows, vtt
+
+
+def _checked_upload(payload: Any, kind: str) -> tuple[str, str]:
+    with _user_errors(kind, "", ""):
+        return _upload_path(payload, kind)
+
+
+def _private_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="captioner-vtt-")
+
+
+def _thumbnail(frame: Image.Image, side: int = 320) -> Image.Image:
+    thumb = frame.copy()
+    thumb.thumbnail((side, side))
+    return thumb
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(seconds, 60)
+    return f"{int(m)}:{s:04.1f}"
+
 
 # ---------------------------------------------------------------- the app
 
@@ -224,10 +295,6 @@ def build_app(captioner: Captioner, examples_dir: str | None, *, concurrency: in
     base = captioner.decode_config
     has_attention = bool(captioner.model.cfg.attention)
     handlers = _ImageHandlers(captioner)
-
-    def caption_video(payload):
-        # The video issue replaces this with frames, caption and timed captions; until then, say so clearly.
-        raise gr.Error(VIDEO_UNAVAILABLE, title="Images only", print_exception=False)
 
     def toggle(method):
         return (gr.update(visible=method == "beam"), gr.update(visible=method != "greedy"),
@@ -282,12 +349,30 @@ def build_app(captioner: Captioner, examples_dir: str | None, *, concurrency: in
             method.change(toggle, method, [beam_size, num_captions, length_penalty, temperature],
                           api_visibility="private", queue=False, show_progress="hidden")
         with gr.Tab("Video", id="video"):
-            gr.Markdown(f"**{VIDEO_UNAVAILABLE}**", elem_id="video-notice")
-            video_in = gr.Video(sources=["upload"], label="Video clip")
-            video_button = gr.Button("Caption video", elem_id="video-button")
-            video_caption = gr.Textbox(label="Caption", interactive=False)
-            _examples(gr, examples_dir, video_in, VIDEO_EXTENSIONS, "Example clips")
-            video_button.click(caption_video, video_in, video_caption, api_name="caption_video", preprocess=False)
+            kind = (f"a video model ({captioner.model.cfg.temporal} over {captioner.model.cfg.num_frames} frames)"
+                    if captioner.model.cfg.is_video else "an image model: a clip is captioned from the average of "
+                    f"its {captioner.model.cfg.num_frames} sampled frames")
+            gr.Markdown(f"Upload a clip and press **Caption video**. This checkpoint is {kind}.",
+                        elem_id="video-notice")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    video_in = gr.Video(sources=["upload"], label=f"Video clip (at most {MAX_VIDEO_MB} MB)",
+                                        elem_id="input-video", height=300)
+                    timed = gr.Radio(TIMED_CHOICES, value="auto", label="Timed captions")
+                    video_button = gr.Button("Caption video", variant="primary", elem_id="video-button")
+                    _examples(gr, examples_dir, video_in, VIDEO_EXTENSIONS, "Example clips")
+                with gr.Column(scale=1):
+                    video_caption = gr.Textbox(label="Caption", lines=2, interactive=False, elem_id="video-caption",
+                                               buttons=["copy"])
+                    frames = gr.Gallery(label="Sampled frames (what the model read)", columns=4, height=260,
+                                        elem_id="video-frames")
+                    segments = gr.Dataframe(headers=["start", "end", "caption"], datatype=["str", "str", "str"],
+                                            interactive=False, wrap=True, label="Timed captions",
+                                            elem_id="video-segments", column_widths=["12%", "12%", "76%"])
+                    vtt = gr.File(label="Subtitles (WebVTT)", elem_id="video-vtt")
+            video_button.click(handlers.caption_video, [video_in, method, beam_size, num_captions, length_penalty,
+                                                        max_len, temperature, timed],
+                               [video_caption, frames, segments, vtt], api_name="caption_video", preprocess=False)
         with gr.Accordion("Model", open=True):
             gr.Markdown(model_info_markdown(captioner.info, base), elem_id="model-info")
     return demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
@@ -310,7 +395,7 @@ def launch_options(checkpoint: str | None = None) -> dict[str, Any]:
     example images are copied into that cache. So allowed_paths stays empty, and the checkpoint is blocked too."""
     import gradio as gr
 
-    return {"max_file_size": MAX_UPLOAD_BYTES, "allowed_paths": [],
+    return {"max_file_size": MAX_VIDEO_BYTES, "allowed_paths": [],
             "blocked_paths": [os.path.abspath(checkpoint)] if checkpoint else [],
             "show_error": False, "theme": gr.themes.Soft(), "css": CSS, "ssr_mode": False, "pwa": False,
             "mcp_server": False, "enable_monitoring": False, "footer_links": ["api", "gradio", "settings"]}
@@ -354,7 +439,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     s.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests captioned at once")
     s.add_argument("--max-queue", dest="max_queue", type=int, default=DEFAULT_MAX_QUEUE,
                    help="requests allowed to wait; more are turned away")
-    s.add_argument("--examples", default=DEFAULT_EXAMPLES, help="folder of clickable example images")
+    s.add_argument("--examples", default=DEFAULT_EXAMPLES, help="folder of clickable example images and clips")
     return s
 
 
@@ -369,4 +454,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 __all__ = ["build_app", "launch", "launch_options", "add_serve_parser", "cmd_serve", "attention_overlay",
-           "model_view", "model_info_markdown", "decode_settings", "MAX_UPLOAD_MB"]
+           "model_view", "model_info_markdown", "decode_settings", "MAX_UPLOAD_MB", "MAX_VIDEO_MB"]

@@ -2,8 +2,9 @@
 
     inputs (files, folders, globs, .txt lists) -> a streamed, deduplicated, deterministic listing
       -> shard (item i goes to rank i % world) -> skip what the output already holds
-      -> DataLoader workers: load_image + build_transform, or an error string   (b,3,H,W) + errors
-      -> model.encode in batches (channels_last on CPU, fp16 autocast on CUDA)   (b,P,E)
+      -> DataLoader workers: decode (images; videos: F sampled frames) + build_transform, or an error string
+                                                                                 (b,3,H,W) or clips + errors
+      -> model.encode in batches (channels_last on CPU, fp16 autocast on CUDA)   (b,P,E) or (b,F,E)
       -> batched decode (beam search / greedy / sampling)                        hypotheses per image
       -> rows appended to the output, one write + fsync per batch
 
@@ -47,7 +48,7 @@ from .decoding import Hypothesis, decode
 from .errors import CaptionerError, ConfigError, MediaError
 from .stopping import stop_requests
 from .inference import Captioner, resolve_device
-from .media import IMAGE_EXTENSIONS, load_image
+from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, load_media_tensor, media_to, stack_or_list
 
 try:
     import fcntl
@@ -62,12 +63,15 @@ _GLOB_CHARS = set("*?[")
 
 # ----------------------------------------------------------------------------------------------- inputs
 
-def iter_inputs(specs: Sequence[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Iterator[str]:
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+
+
+def iter_inputs(specs: Sequence[str], extensions: Sequence[str] = MEDIA_EXTENSIONS) -> Iterator[str]:
     """Every input file once, in a deterministic order, streamed. Specs in the order given; a folder: its
     files with one of `extensions` (any case), recursively, sorted by name, hidden entries skipped; a glob:
     its matches sorted (folders walked, files filtered by extension); a .txt file: the paths it lists, one
     per line, relative to the current folder, in its own order (blank lines and #-comments skipped); any
-    other path: itself. Video support adds its extensions to `extensions`."""
+    other path: itself. By default images and videos are both listed."""
     exts = tuple(e.lower() for e in extensions)
     seen: set[str] = set()
     for spec in specs:
@@ -378,20 +382,23 @@ def _fsync_folder(folder: str) -> None:
 
 class LoadedBatch(NamedTuple):
     paths: list[str]
-    images: torch.Tensor | None  # (b,3,H,W): the files that loaded, in order; None if none did
+    # The files that loaded, in order: images (b,3,H,W), or a list of (3,H,W) / (F,3,H,W) when clips are in
+    # the batch; None if none loaded.
+    images: torch.Tensor | list[torch.Tensor] | None
     errors: list[str | None]  # per path: why it could not be read, or None
 
 
-class ImageLoader(Dataset):
-    """Runs in DataLoader workers: path -> (path, (3,H,W) tensor or None, error or None). Any failure of one
-    file becomes its error string, so a bad file never kills a worker or the run."""
+class MediaLoader(Dataset):
+    """Runs in DataLoader workers: path -> (path, (3,H,W) or (F,3,H,W) tensor or None, error or None). Any
+    failure of one file becomes its error string, so a bad file never kills a worker or the run."""
 
-    def __init__(self, transform: Callable):
+    def __init__(self, transform: Callable, num_frames: int = 16):
         self.transform = transform
+        self.num_frames = num_frames
 
     def __getitem__(self, path: str) -> tuple[str, torch.Tensor | None, str | None]:
         try:
-            return path, self.transform(load_image(path)), None
+            return path, load_media_tensor(path, self.transform, self.num_frames), None
         except CaptionerError as exc:
             return path, None, _one_line(str(exc))
         except Exception as exc:  # a decoder bug on a hostile file is still that file's problem
@@ -404,7 +411,7 @@ def _one_line(msg: str) -> str:
 
 def collate_loaded(items: list[tuple[str, torch.Tensor | None, str | None]]) -> LoadedBatch:
     ok = [t for _, t, _ in items if t is not None]
-    return LoadedBatch([p for p, _, _ in items], torch.stack(ok) if ok else None, [e for _, _, e in items])
+    return LoadedBatch([p for p, _, _ in items], stack_or_list(ok) if ok else None, [e for _, _, e in items])
 
 
 def _worker_init(_: int) -> None:
@@ -418,11 +425,11 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(paths: Iterable[str], transform: Callable, batch_size: int, workers: int,
-                device: torch.device) -> DataLoader:
+                device: torch.device, num_frames: int = 16) -> DataLoader:
     """Batches of LoadedBatch. `paths` is consumed lazily (it is the sampler: the DataLoader asks it for
     only the next few batches), so the listing is streamed."""
     _check_sizes(batch_size, workers)
-    return DataLoader(ImageLoader(transform), batch_size=batch_size, sampler=paths, num_workers=workers,
+    return DataLoader(MediaLoader(transform, num_frames), batch_size=batch_size, sampler=paths, num_workers=workers,
                       collate_fn=collate_loaded, pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
 
 
@@ -436,13 +443,14 @@ def _check_sizes(batch_size: int, workers: int) -> None:
 # ----------------------------------------------------------------------------------------------- captioning
 
 @torch.no_grad()
-def caption_images(model, vocab, images: torch.Tensor, cfg: DecodeConfig,
+def caption_images(model, vocab, images: torch.Tensor | list[torch.Tensor], cfg: DecodeConfig,
                    device: torch.device) -> list[list[Hypothesis]]:
-    """Preprocessed images (b,3,H,W) -> per image `cfg.num_captions` hypotheses, best first."""
-    images = images.to(device, non_blocking=True)
+    """Preprocessed images (b,3,H,W) or a list of images and clips -> per input `cfg.num_captions`
+    hypotheses, best first."""
+    images = media_to(images, device)
     amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
     with amp:
-        feats = model.encode(images)  # (b,P,E); channels_last on CPU inside encode
+        feats = model.encode(images)  # (b,P,E) or (b,F,E); channels_last on CPU inside encode
     with _cpu_threads(1 if device.type == "cpu" else None):
         return decode(model.decoder, feats.float(), vocab, cfg)
 
@@ -533,7 +541,7 @@ class _ShardItems:
 
 def run_batch(cap: Captioner, inputs: Sequence[str], out: str, *, model: str, cfg: DecodeConfig | None = None,
               batch_size: int = 32, workers: int | None = None, retry_failed: bool = False,
-              shard: Shard | None = None, extensions: Sequence[str] = IMAGE_EXTENSIONS, progress: bool = True,
+              shard: Shard | None = None, extensions: Sequence[str] = MEDIA_EXTENSIONS, progress: bool = True,
               log: Callable[[str], None] = tqdm.write) -> Summary:
     """Caption every input into `out` (see the module docstring). `model` is the id written in each row
     (`model_id(checkpoint)`). Returns this run's counts, summed over ranks."""
@@ -585,7 +593,7 @@ def _caption_all(cap: Captioner, items: Iterable[str], writer: ResultWriter, mod
     nbest = cfg.num_captions > 1
     if todo == 0:  # a rerun of a finished job: no workers to start
         return False
-    loader = make_loader(items, cap.transform, batch_size, workers, cap.device)
+    loader = make_loader(items, cap.transform, batch_size, workers, cap.device, cap.model.cfg.num_frames)
     bar = tqdm(total=todo, unit="file", desc=progress, disable=progress is None, dynamic_ncols=True, smoothing=0.1)
     for batch in loader:
         if stop_asked():  # the signal came while waiting for this batch: start no new work

@@ -13,8 +13,8 @@ import argparse
 import sys
 from typing import Sequence
 
-DESCRIPTION = ("caption every image in files, folders (recursive), globs or .txt lists of paths into a .jsonl or "
-               ".csv (path, caption, score, n-best, model, error); rerun the same command to resume")
+DESCRIPTION = ("caption every image and video in files, folders (recursive), globs or .txt lists of paths into a "
+               ".jsonl or .csv (path, caption, score, n-best, model, error); rerun the same command to resume")
 
 
 def add_batch_parser(sub) -> argparse.ArgumentParser:
@@ -28,12 +28,12 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     from .cli import DEFAULT_CHECKPOINT, _add_decode_flags  # lazy: cli.py imports this module
 
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image file, folder (searched recursively), glob (quote it) or .txt file listing paths")
+                   help="image or video file, folder (searched recursively), glob (quote it) or .txt file listing paths")
     p.add_argument("--out", required=True, help="results file: .jsonl or .csv; appended to and resumed from")
     p.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader processes decoding images (default: min(2, CPU count))")
+                   help="DataLoader processes decoding images and videos (default: min(2, CPU count))")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (torchrun: each rank its local GPU)")
     p.add_argument("--retry-failed", dest="retry_failed", action="store_true",
                    help="caption again the files whose earlier row is an error (others are always skipped)")

@@ -68,13 +68,11 @@ def detect_format(path: str) -> str:
     if ext == ".jsonl":
         return "jsonl"
     if ext == ".csv":
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            header = next(csv.reader(f), [])
+        header = next(csv.reader([_first_line(path)]), [])
         return "msvd" if {"VideoID", "Description"} <= set(header) else "csv"
-    if ext == ".txt":
-        with open(path, encoding="utf-8", errors="replace") as f:
-            first = next((ln for ln in f if ln.strip() and not ln.startswith("#")), "")
-        return "flickr8k" if re.match(r"^\S+#\d+\t", first) else "msvd"
+    if ext == ".txt":  # Flickr8k lines are "<image>#<n>\t<caption>"; MSVD's "<video_id> <caption>"
+        first = _first_line(path)
+        return "msvd" if first and not re.match(r"^\S+#\d+\t", first) else "flickr8k"
     if ext == ".json":
         data = _load_json(path)
         if isinstance(data, dict) and "annotations" in data and "images" in data:
@@ -88,6 +86,15 @@ def detect_format(path: str) -> str:
                            f"{', '.join(FORMATS)}")
     raise DatasetError(f"{path}: cannot tell the format from extension {ext!r}; pass --format one of: "
                        f"{', '.join(FORMATS)}")
+
+
+def _first_line(path: str) -> str:
+    """The first non-empty, non-comment line of a text file ("" if there is none or it cannot be read)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            return next((ln for ln in f if ln.strip() and not ln.startswith("#")), "")
+    except OSError:
+        return ""
 
 
 def read_captions(path: str, images_dir: str | None = None, format: str | None = None,

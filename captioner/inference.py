@@ -120,10 +120,10 @@ class Captioner:
         return result
 
     def caption_segments(self, path: str | os.PathLike, window: float | str = 5.0, progress: bool = False,
-                         **decode_options) -> list[Segment]:
+                         decode: DecodeConfig | None = None, **decode_options) -> list[Segment]:
         """Timed captions of a (long) video: fixed windows of `window` seconds, or "shots" (cut where the
         frames' CNN features change); adjacent windows with the same caption are merged."""
-        cfg = replace(self.decode_config, **decode_options)
+        cfg = replace(decode or self.decode_config, **decode_options)
         cfg.validate()
         return caption_segments(self.model, self.vocab, path, cfg, self.transform, self.device,
                                 window=window, progress=progress)

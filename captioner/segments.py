@@ -86,40 +86,71 @@ def _frame_batches(path: str, times: list[float], transform: Callable, size: int
 
 
 @torch.no_grad()
-def _segment_features(model, path: str, transform: Callable, device: torch.device, window: float | str,
-                      batch: int, progress: bool) -> Iterator[tuple[float, float, torch.Tensor]]:
-    """(start, end, per-frame features (n,P,E)) per segment, in order."""
-    info = video_info(path)
-    duration = info.duration
-    if window == "shots":
-        times = [(i + 0.5) / SHOT_FPS for i in range(max(1, int(duration * SHOT_FPS)))]
-    else:
-        times, owner, bounds = _windows(duration, float(window), model.cfg.num_frames)
+def _sampled_features(model, path: str, times: list[float], transform: Callable, device: torch.device,
+                      batch: int, progress: bool) -> Iterator[tuple[float, torch.Tensor]]:
+    """(wanted time, CNN features (P,E)) per sampled frame, streamed."""
     bar = tqdm(total=len(times), desc="video frames", unit="frame", disable=not progress, leave=False)
-    current: list[torch.Tensor] = []  # features of the open segment's frames, each (P,E)
-    seg_start, seg_id, prev, k = 0.0, 0, None, 0
+    k = 0
     for _stamps, frames in _frame_batches(path, times, transform, batch):
-        feats = model.frame_features(frames.to(device))  # (N,P,E)
-        for f in feats:
-            t = times[k]
-            if window == "shots":
-                v = f.mean(0)  # (E,)
-                cut = prev is not None and 1 - float(F.cosine_similarity(v, prev, dim=0)) > SHOT_THRESHOLD
-                if current and ((cut and t - seg_start >= MIN_SHOT_S) or t - seg_start >= MAX_SHOT_S):
-                    boundary = t - 0.5 / SHOT_FPS  # halfway between the two sampled frames
-                    yield seg_start, boundary, torch.stack(current)
-                    seg_start, current = boundary, []
-                prev = v
-            elif owner[k] != seg_id:
-                yield (*bounds[seg_id], torch.stack(current))
-                seg_id, current = owner[k], []
-            current.append(f)
+        for f in model.frame_features(frames.to(device)):  # (N,P,E) -> each (P,E)
+            yield times[k], f
             k += 1
         bar.update(len(frames))
     bar.close()
+
+
+def _fixed_segments(samples: Iterator[tuple[float, torch.Tensor]], owner: list[int], bounds: list[tuple]
+                    ) -> Iterator[tuple[float, float, torch.Tensor]]:
+    current: list[torch.Tensor] = []
+    seg = 0
+    for k, (_, f) in enumerate(samples):
+        if owner[k] != seg:
+            yield (*bounds[seg], torch.stack(current))
+            seg, current = owner[k], []
+        current.append(f)
     if current:
-        start, end = (seg_start, duration) if window == "shots" else bounds[seg_id]
-        yield start, end, torch.stack(current)
+        yield (*bounds[seg], torch.stack(current))
+
+
+def _shot_segments(samples: Iterator[tuple[float, torch.Tensor]], duration: float
+                   ) -> Iterator[tuple[float, float, torch.Tensor]]:
+    """Cut where consecutive frames differ by more than SHOT_THRESHOLD. A cut is held back until MIN_SHOT_S has
+    passed after it: a stronger cut within that time replaces it (camera motion just before a real cut must
+    not make the real cut too close to be taken)."""
+    buf: list[torch.Tensor] = []  # features (P,E) of the frames since seg_start
+    seg_start, prev = 0.0, None
+    held = None  # (index into buf, boundary time, distance) of the cut not yet taken
+    for t, f in samples:
+        v = f.mean(0)  # (E,)
+        boundary = t - 0.5 / SHOT_FPS  # halfway between this sampled frame and the one before
+        if prev is not None:
+            d = 1.0 - float(F.cosine_similarity(v, prev, dim=0))
+            if d > SHOT_THRESHOLD and boundary - seg_start >= MIN_SHOT_S and (held is None or d > held[2]):
+                held = (len(buf), boundary, d)
+        if held is not None and boundary - held[1] >= MIN_SHOT_S:
+            yield seg_start, held[1], torch.stack(buf[:held[0]])
+            buf, seg_start, held = buf[held[0]:], held[1], None
+        elif held is None and boundary - seg_start >= MAX_SHOT_S:
+            yield seg_start, boundary, torch.stack(buf)
+            buf, seg_start = [], boundary
+        buf.append(f)
+        prev = v
+    if held is not None:
+        yield seg_start, held[1], torch.stack(buf[:held[0]])
+        buf, seg_start = buf[held[0]:], held[1]
+    if buf:
+        yield seg_start, duration, torch.stack(buf)
+
+
+def _segment_features(model, path: str, transform: Callable, device: torch.device, window: float | str,
+                      batch: int, progress: bool) -> Iterator[tuple[float, float, torch.Tensor]]:
+    """(start, end, per-frame features (n,P,E)) per segment, in order."""
+    duration = video_info(path).duration
+    if window == "shots":
+        times = [(i + 0.5) / SHOT_FPS for i in range(max(1, int(duration * SHOT_FPS)))]
+        return _shot_segments(_sampled_features(model, path, times, transform, device, batch, progress), duration)
+    times, owner, bounds = _windows(duration, float(window), model.cfg.num_frames)
+    return _fixed_segments(_sampled_features(model, path, times, transform, device, batch, progress), owner, bounds)
 
 
 def caption_segments(model, vocab, path: str | os.PathLike, cfg: DecodeConfig, transform: Callable,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import COCO_MINI_TRAIN_IMAGES
 
-from captioner.app import (MAX_UPLOAD_BYTES, VIDEO_UNAVAILABLE, _upload_path, add_serve_parser, attention_overlay,
+from captioner.app import (MAX_UPLOAD_BYTES, MAX_VIDEO_MB, _upload_path, add_serve_parser, attention_overlay,
                            build_app, cmd_serve, decode_settings, launch, model_info_markdown, model_view)
 from captioner.config import DecodeConfig
 from captioner.errors import CaptionerError, ConfigError
@@ -127,20 +127,52 @@ def test_bad_file_gives_a_friendly_error(client, image, tmp_path, name, content,
     assert "Traceback" not in msg and 'File "' not in msg and "/gradio/" not in msg  # no server internals
 
 
-def test_oversize_upload_is_refused_by_the_server(server, tmp_path):
-    big = tmp_path / "huge.jpg"
+def test_oversize_upload_is_refused(server, client, tmp_path):
+    big = tmp_path / "huge.mp4"
     with open(big, "wb") as f:
-        f.truncate(MAX_UPLOAD_BYTES + 1024)  # sparse: costs no disk
+        f.truncate(MAX_VIDEO_MB * 2**20 + 1024)  # sparse: costs no disk
     with open(big, "rb") as f:
-        r = httpx.post(server["url"] + "gradio_api/upload", files={"files": ("huge.jpg", f, "image/jpeg")},
+        r = httpx.post(server["url"] + "gradio_api/upload", files={"files": ("huge.mp4", f, "video/mp4")},
                        timeout=60)
     assert r.status_code == 413, r.text
+    photo = tmp_path / "huge.jpg"  # under the server's limit, over the per-image one
+    with open(photo, "wb") as f:
+        f.truncate(MAX_UPLOAD_BYTES + 1024)
+    with pytest.raises(AppError, match=r"huge\.jpg is 20\.0 MB; the limit is 20 MB per image"):
+        caption_via_client(client, photo)
 
 
-def test_video_tab_says_images_only(client):
+def caption_video_via_client(client, path, timed="auto", method="greedy"):
+    return client.predict(handle_file(str(path)), method, 3, 1, 1.5, 20, 1.0, timed,
+                          api_name="/caption_video")
+
+
+def test_caption_video_gives_caption_frames_and_timed_captions(client, server):
+    caption, gallery, rows, vtt = caption_video_via_client(client, VIDEO, timed="5s")
+    cap = Captioner.load(server["checkpoint"], device="cpu")
+    assert caption == cap.caption([VIDEO], method="greedy")[0] and caption.strip()
+    assert len(gallery) == cap.model.cfg.num_frames and gallery[0]["caption"].endswith(" s")
+    assert [r[0] for r in rows["data"]][0] == "0:00.0" and all(r[2].strip() for r in rows["data"])
+    text = Path(vtt).read_text()
+    assert text.startswith("WEBVTT") and text.count("-->") == len(rows["data"])
+    # a short clip in "auto" mode gets no timed captions
+    _, _, rows, vtt = caption_video_via_client(client, VIDEO)
+    assert rows["data"] in ([], [["", "", ""]]) and vtt is None
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("clip.mp4", b"", "file is empty"),
+    ("clip.mp4", b"\x00" * 4096, "not a readable video"),
+    ("photo.jpg", None, "photo.jpg is not a video file"),
+])
+def test_bad_video_gives_a_friendly_error(client, image, tmp_path, name, content, fragment):
+    bad = tmp_path / name
+    bad.write_bytes(image.read_bytes() if content is None else content)
     with pytest.raises(AppError) as info:
-        client.predict(handle_file(str(VIDEO)), api_name="/caption_video")
-    assert str(info.value) == VIDEO_UNAVAILABLE
+        caption_video_via_client(client, bad)
+    msg = str(info.value)
+    assert fragment in msg and name in msg
+    assert "Traceback" not in msg and 'File "' not in msg and "/gradio/" not in msg
 
 
 def test_serves_no_files_outside_its_uploads(server, image):
@@ -209,6 +241,11 @@ def test_upload_checks(tmp_path):
         f.truncate(MAX_UPLOAD_BYTES + 1)
     with pytest.raises(CaptionerError, match=r"holiday\.jpg is 20\.0 MB; the limit is 20 MB"):
         _upload_path({"path": str(big), "orig_name": "holiday.jpg"})
+    with pytest.raises(CaptionerError, match="no video"):
+        _upload_path(None, "video")
+    with pytest.raises(CaptionerError, match=r"notes\.txt is not a video file; expected one of: \.mp4"):
+        _upload_path({"video": {"path": str(big), "orig_name": "notes.txt"}}, "video")
+    assert _upload_path({"video": {"path": str(big), "orig_name": "clip.webm"}}, "video") == (str(big), "clip.webm")
 
 
 def test_model_info_panel(server):

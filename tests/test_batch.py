@@ -268,3 +268,22 @@ def test_torchrun_two_cpu_processes_merge_to_the_single_process_result(many, ckp
     assert proc.stdout.count("done:") == 1 and "14 ok, 2 failed, 0 skipped" in proc.stdout
     same_rows(read_jsonl(out), reference)
     assert list(tmp_path.iterdir()) == [out]  # parts merged and removed
+
+
+def test_a_folder_of_images_and_videos_with_a_bad_clip(ckpt, tmp_path):
+    """Clips are captioned from their sampled frames next to photos in the same batches; a broken clip is a row."""
+    root = tmp_path / "media"
+    root.mkdir()
+    videos = COCO_MINI_TRAIN_IMAGES.parents[1] / "videos"
+    for name in ("bikes.mp4", "jPBxl9gFqNY_110_117.avi"):
+        os.symlink(videos / name, root / name)
+    os.symlink(GOOD[0], root / "photo.jpg")
+    (root / "broken.mp4").write_bytes((videos / "video9818.mp4").read_bytes()[:5000])
+    out = tmp_path / "out.jsonl"
+    assert main([str(root), "--out", str(out), "--checkpoint", ckpt, "--quiet", "--batch-size", "3"]) == 0
+    rows = {Path(r["path"]).name: r for r in read_jsonl(out)}
+    assert sorted(rows) == ["bikes.mp4", "broken.mp4", "jPBxl9gFqNY_110_117.avi", "photo.jpg"]
+    assert rows["broken.mp4"]["caption"] is None and "broken.mp4" in rows["broken.mp4"]["error"]
+    cap = Captioner.load(ckpt, device="cpu")
+    expected = cap.caption([root / "bikes.mp4", root / "jPBxl9gFqNY_110_117.avi", root / "photo.jpg"])
+    assert [rows[n]["caption"] for n in ("bikes.mp4", "jPBxl9gFqNY_110_117.avi", "photo.jpg")] == expected

@@ -27,7 +27,7 @@ COCO_VAL_JSON = COCO_MINI / "annotations" / "captions_val2017.json"
 FLICKR = DATA / "flickr8k"
 FLICKR_TOKENS = FLICKR / "Flickr8k.token.txt"
 FLICKR_IMAGES = FLICKR / "images"
-FORMAT_LIST = "coco, karpathy, flickr8k, jsonl, csv"
+FORMAT_LIST = "coco, karpathy, flickr8k, jsonl, csv, msrvtt, msvd"
 
 # Six real coco-mini train images (file name -> COCO id) used by the Karpathy/JSONL/CSV fixtures.
 COCO_FILES = sorted(os.listdir(COCO_MINI / "train2017"))[:6]
@@ -324,8 +324,8 @@ def test_jsonl_bad_line_names_file_and_line(tmp_path):
 @pytest.mark.parametrize(
     "row, expected",
     [
-        ({"caption": "no image"}, "expected an 'image' field"),
-        (["a", "list"], "expected an 'image' field"),
+        ({"caption": "no image"}, "expected an 'image' or 'video' field"),
+        (["a", "list"], "expected an 'image' or 'video' field"),
         ({"image": "x.jpg"}, "expected 'caption' (text) or 'captions' (list of text)"),
         ({"image": "x.jpg", "captions": [1, 2]}, "expected 'caption' (text) or 'captions' (list of text)"),
     ],
@@ -378,7 +378,7 @@ def test_csv_bad_row_names_file_and_line(tmp_path):
 def test_csv_without_image_column(tmp_path):
     path = tmp_path / "manifest.csv"
     path.write_text(f"file,caption\n{COCO_FILES[0]},a dog\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=rf"{path}:2: expected an 'image' field"):
+    with pytest.raises(DatasetError, match=rf"{path}:2: expected an 'image' or 'video' field"):
         read_captions(str(path), str(COCO_MINI / "train2017"))
 
 
@@ -413,7 +413,7 @@ def test_detect_format_json_of_neither_kind(tmp_path):
 
 
 def test_unknown_forced_format_lists_formats():
-    assert FORMATS == ("coco", "karpathy", "flickr8k", "jsonl", "csv")
+    assert FORMATS == ("coco", "karpathy", "flickr8k", "jsonl", "csv", "msrvtt", "msvd")
     with pytest.raises(DatasetError) as info:
         read_captions(str(COCO_TRAIN_JSON), str(COCO_MINI / "train2017"), format="xml")
     assert str(info.value) == f"unknown dataset format 'xml'; choose one of: {FORMAT_LIST}"
