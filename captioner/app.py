@@ -6,8 +6,8 @@ upload a video clip, get its caption, the frames it was made from and, for long 
 The model is loaded once at start; requests go through Gradio's queue (`concurrency` at a time, at most
 `max_queue` waiting). Uploads over MAX_VIDEO_MB are refused by Gradio's upload route, images over
 MAX_UPLOAD_MB by the handler; handlers decode with the CLI's safe readers (`media.load_image`,
-`media.read_video_frames`) and turn every user error into a one-line gr.Error, never a traceback. The heatmap is Show, Attend and Tell's (Xu et al.,
-2015) soft attention of each word over the encoder's grid, upsampled and blended over the crop the model saw.
+`media.read_video_frames`) and turn every user error into a one-line gr.Error, never a traceback. The heatmap
+is Show, Attend and Tell's (Xu et al., 2015) soft attention of each word over the encoder's grid, upsampled and blended over the crop the model saw.
 
 Gradio is imported inside functions only, so `import captioner` never needs it.
 """
@@ -242,7 +242,8 @@ class _ImageHandlers:
         with _user_errors("video", path, name):
             cfg, notes = decode_settings(self.captioner.decode_config, method, beam_size, num_captions,
                                          length_penalty, max_len, temperature)
-            clip = read_video_frames(path, self.captioner.model.cfg.num_frames)
+            clip = read_video_frames(path, self.captioner.model.cfg.num_frames,
+                                     short_side=self.captioner.transform.short_side)
             result = self.captioner.caption_detailed([path], decode=cfg)[0]
             if result.error:
                 raise CaptionerError(result.error)

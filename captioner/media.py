@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -32,13 +33,7 @@ _INTERPOLATION = {
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode an image file to RGB, honouring EXIF rotation. Raises MediaError naming the file on any failure."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise MediaError(f"{path}: is a folder; expected an image file (caption a folder with `captioner batch`)")
-    if not os.path.isfile(path):
-        raise MediaError(f"{path}: no such image file")
-    if os.path.getsize(path) == 0:
-        raise MediaError(f"{path}: file is empty; expected an image (jpg, png, webp, ...)")
+    path = _check_file(path, "image", "jpg, png, webp, ...")
     try:
         with Image.open(path) as img:
             w, h = img.size
@@ -56,7 +51,29 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise MediaError(f"{path}: corrupt or truncated image ({exc})") from None
 
 
-def build_transform(spec: dict[str, Any], train: bool = False) -> T.Compose:
+def _check_file(path: str | os.PathLike, kind: str, examples: str) -> str:
+    """The path as a str, or a MediaError saying it is a folder, missing or empty."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise MediaError(f"{path}: is a folder; expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} file "
+                         f"(caption a folder with `captioner batch`)")
+    if not os.path.isfile(path):
+        raise MediaError(f"{path}: no such {kind} file")
+    if os.path.getsize(path) == 0:
+        raise MediaError(f"{path}: file is empty; expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} ({examples})")
+    return path
+
+
+class Preprocess(T.Compose):
+    """The transform, plus the short side it resizes to: video frames are scaled to that size as they are
+    converted from YUV (by FFmpeg), which is cheaper than converting a full 720p/4K frame and resizing it."""
+
+    def __init__(self, transforms: list, short_side: int):
+        super().__init__(transforms)
+        self.short_side = short_side
+
+
+def build_transform(spec: dict[str, Any], train: bool = False) -> Preprocess:
     """PIL image -> normalised float tensor (3, size, size).
 
     `spec` keys: size, crop_pct, mean, std, interpolation. Eval: resize the short side to size / crop_pct,
@@ -70,9 +87,9 @@ def build_transform(spec: dict[str, Any], train: bool = False) -> T.Compose:
         raise ValueError(f"unknown interpolation {name!r}; choose one of: {', '.join(_INTERPOLATION)}")
     interp = _INTERPOLATION[name]
     crop: list = [T.RandomCrop(size), T.ColorJitter(0.1, 0.1, 0.1)] if train else [T.CenterCrop(size)]
-    return T.Compose(
-        [T.Resize(resize, interpolation=interp), *crop, T.ToTensor(), T.Normalize(spec["mean"], spec["std"])]
-    )
+    return Preprocess(
+        [T.Resize(resize, interpolation=interp), *crop, T.ToTensor(), T.Normalize(spec["mean"], spec["std"])],
+        short_side=resize)
 
 
 def load_image_tensor(path: str | os.PathLike, transform: T.Compose) -> torch.Tensor:
@@ -84,7 +101,8 @@ def load_media_tensor(path: str | os.PathLike, transform: T.Compose, num_frames:
     """An image file -> (3,H,W); a video file (by extension) -> its `num_frames` uniformly sampled frames,
     each through the same transform: (F,3,H,W)."""
     if is_video(path):
-        return torch.stack([transform(f) for f in read_video_frames(path, num_frames).frames])
+        clip = read_video_frames(path, num_frames, short_side=getattr(transform, "short_side", None))
+        return torch.stack([transform(f) for f in clip.frames])
     return load_image_tensor(path, transform)
 
 
@@ -135,13 +153,7 @@ def open_video(path: str | os.PathLike) -> Iterator[tuple["av.container.InputCon
     """Open a video file with PyAV; any failure is a MediaError naming the file."""
     import av
 
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise MediaError(f"{path}: is a folder; expected a video file")
-    if not os.path.isfile(path):
-        raise MediaError(f"{path}: no such video file")
-    if os.path.getsize(path) == 0:
-        raise MediaError(f"{path}: file is empty; expected a video (mp4, avi, mov, webm, ...)")
+    path = _check_file(path, "video", "mp4, avi, mov, webm, ...")
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError, ValueError) as exc:
@@ -184,12 +196,14 @@ def uniform_times(duration: float, num_frames: int, start: float = 0.0) -> list[
     return [start + duration * (i + 0.5) / num_frames for i in range(num_frames)]
 
 
-def iter_frames_at(path: str | os.PathLike, times: Sequence[float],
-                   stats: dict | None = None) -> Iterator[tuple[float, Image.Image]]:
+def iter_frames_at(path: str | os.PathLike, times: Sequence[float], stats: dict | None = None,
+                   short_side: int | None = None, snap: float = 0.0) -> Iterator[tuple[float, Image.Image]]:
     """For each time (seconds from the start, ascending), the frame on screen at that time, upright, as
     (its timestamp, RGB image). Works on presentation timestamps, so variable frame rate is handled; a time
-    past the last frame gives the last frame. `stats`, if given, gets "decoded" (frames decoded) and
-    "rotation" (degrees) filled in.
+    past the last frame gives the last frame. With `snap` > 0, a time within `snap` seconds of a keyframe
+    takes the keyframe instead: it decodes alone, where any other frame needs the frames from the keyframe
+    before it (up to several seconds' worth). Frames whose short side is over `short_side` are scaled down
+    to it. `stats`, if given, gets "decoded" (frames decoded) and "rotation" (degrees) filled in.
     """
     import av
 
@@ -208,9 +222,9 @@ def iter_frames_at(path: str | os.PathLike, times: Sequence[float],
         ahead = None  # the decoded frame after `current`, once read
         try:
             for wanted in times:
-                target = origin + wanted
+                target = _snapped(keyframes, origin + wanted, snap, current[0] if current else -math.inf)
                 if current is None or target < current[0] or _should_seek(keyframes, current[0], target):
-                    container.seek(max(int(target / tb), 0) if tb else 0, stream=stream, backward=True)
+                    container.seek(max(round(target / tb), 0) if tb else 0, stream=stream, backward=True)
                     frames, current, ahead = container.decode(stream), None, None
                 while True:  # advance while the next frame starts at or before the target
                     if ahead is None:
@@ -225,19 +239,36 @@ def iter_frames_at(path: str | os.PathLike, times: Sequence[float],
                 if current is None:
                     raise MediaError(f"{path}: no decodable video frames")
                 stats["rotation"] = int(getattr(current[1], "rotation", 0) or 0) % 360
-                yield current[0] - origin, _upright(current[1], stats["rotation"])
+                yield current[0] - origin, _upright(current[1], stats["rotation"], short_side)
         except av.FFmpegError as exc:
             raise MediaError(f"{path}: corrupt video ({_av_reason(exc)})") from None
 
 
 def _keyframe_times(stream) -> list[float] | None:
-    """Keyframe timestamps from the container's index (mp4, mkv, avi have one), or None."""
+    """Keyframe presentation times from the container's index (mp4, mkv, avi have one), or None.
+
+    The index holds decode timestamps; with B-frames a stream's decode clock runs ahead of its presentation
+    clock by a fixed delay, visible as the first entry lying before the stream's start, so it is added back."""
     try:
         entries = stream.index_entries
-        keys = [float(e.timestamp * stream.time_base) for e in entries if e.is_keyframe] if entries else []
+        tb = stream.time_base
+        keys = sorted(float(e.timestamp * tb) for e in entries if e.is_keyframe) if entries else []
     except (AttributeError, TypeError):
         keys = []
-    return sorted(keys) or None
+    if not keys:
+        return None
+    start = float((stream.start_time or 0) * stream.time_base)
+    delay = max(0.0, start - keys[0])
+    return [k + delay for k in keys]
+
+
+def _snapped(keyframes: list[float] | None, target: float, snap: float, after: float) -> float:
+    """The keyframe nearest `target` if it is within `snap` seconds and not before `after`, else target."""
+    if not keyframes or snap <= 0:
+        return target
+    i = bisect.bisect_left(keyframes, target)
+    near = min(keyframes[max(i - 1, 0): i + 1], key=lambda k: abs(k - target))
+    return near if abs(near - target) <= snap and near >= after else target
 
 
 def _should_seek(keyframes: list[float] | None, now: float, target: float) -> bool:
@@ -249,17 +280,24 @@ def _should_seek(keyframes: list[float] | None, now: float, target: float) -> bo
     return i < len(keyframes) and keyframes[i] <= target
 
 
-def _upright(frame, rotation: int) -> Image.Image:
-    img = frame.to_image()  # RGB
+def _upright(frame, rotation: int, short_side: int | None) -> Image.Image:
+    w, h = frame.width, frame.height
+    if short_side and min(w, h) > short_side:
+        scale = short_side / min(w, h)
+        img = frame.to_image(width=max(1, round(w * scale)), height=max(1, round(h * scale)), interpolation="AREA")
+    else:
+        img = frame.to_image()  # RGB
     # PyAV's rotation is the display matrix angle, counter-clockwise, as ffmpeg's autorotate applies it.
     return img.rotate(rotation, expand=True) if rotation else img
 
 
 def read_video_frames(path: str | os.PathLike, num_frames: int = 16, fps: float | None = None,
-                      start: float = 0.0, end: float | None = None, max_frames: int = 512) -> Clip:
+                      start: float = 0.0, end: float | None = None, max_frames: int = 512,
+                      short_side: int | None = None) -> Clip:
     """Sample frames from [start, end) of a video: `num_frames` uniformly over it (default), or `fps` per second
     (at most `max_frames`). A clip with fewer frames than asked for gives some frames more than once (uniform
-    sampling in time repeats the nearest frame), so the result always has the number asked for."""
+    sampling in time repeats the nearest frame), so the result always has the number asked for. Frames are
+    scaled down to `short_side` if given (see iter_frames_at)."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     info = video_info(path)
@@ -272,7 +310,10 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16, fps: float 
         times = [start + (i + 0.5) / fps for i in range(n)]
     else:
         times = uniform_times(span, num_frames, start)
+    # A sample may move by up to a quarter of its slice to land on a keyframe: in long videos most samples
+    # then decode one frame instead of a GOP's worth, and they stay spread uniformly over the clip.
+    snap = 0.25 * span / len(times)
     stats: dict = {}
-    got = list(iter_frames_at(path, times, stats))
+    got = list(iter_frames_at(path, times, stats, short_side, snap))
     info.rotation = stats.get("rotation", 0)
     return Clip([img for _, img in got], [t for t, _ in got], info, stats["decoded"])

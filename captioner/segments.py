@@ -75,7 +75,7 @@ def _frame_batches(path: str, times: list[float], transform: Callable, size: int
                    ) -> Iterator[tuple[list[float], torch.Tensor]]:
     """(timestamps, frames (N,3,H,W)) in batches of `size`, streamed from the video."""
     stamps, frames = [], []
-    for t, img in iter_frames_at(path, times):
+    for t, img in iter_frames_at(path, times, short_side=getattr(transform, "short_side", None)):
         stamps.append(t)
         frames.append(transform(img))
         if len(frames) == size:
