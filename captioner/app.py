@@ -39,6 +39,7 @@ MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 MAX_VIDEO_MB = 200  # per uploaded video; Gradio's upload route refuses anything larger outright
 MAX_VIDEO_BYTES = MAX_VIDEO_MB * 1024 * 1024
 LONG_CLIP_S = 20.0  # clips longer than this get timed captions in "auto" mode
+SEEN_LABEL = "What the CNN sees (its ImageNet classes as everyday nouns)"
 TIMED_CHOICES = [("auto (clips over 20 s: 10 s windows)", "auto"), ("every 5 s", "5s"), ("every 10 s", "10s"),
                  ("every 30 s", "30s"), ("at shot changes", "shots"), ("off", "off")]
 DEFAULT_CONCURRENCY = 2  # captioning requests run at once (more just thrash 2 CPU cores)
@@ -139,6 +140,8 @@ def model_info_markdown(info: dict[str, Any], decode: DecodeConfig) -> str:
          else "no (global image vector; no heatmaps)"),
         ("Vocabulary", f"{info.get('vocab_size', '?'):,} words" if isinstance(info.get("vocab_size"), int)
          else "?"),
+        ("Copying", f"yes: may copy any of the {mc['copy_nouns']} nouns the CNN sees most, including words no "
+         f"training caption has" if mc.get("copy_nouns") else "no (words from the training captions only)"),
     ]
     if data.get("data"):
         what = f"`{os.path.basename(str(data['data']))}`"
@@ -226,7 +229,8 @@ class _ImageHandlers:
             state = {"view": model_view(image, self.spec), "attention": att.float().numpy()}
             words_update = gr.Radio(choices=[(w, i) for i, w in enumerate(words)], value=0, visible=True)
             heat = attention_overlay(state["view"], state["attention"][0])
-        return result.caption, rows, words_update, heat, state
+        return (result.caption, rows, words_update, heat, state, _seen(result),
+                marked_caption(result.caption, result.candidates))
 
     @staticmethod
     def show_word(index, state):
@@ -261,7 +265,21 @@ class _ImageHandlers:
             gr.Warning(note)
         gallery = [(_thumbnail(f), f"{t:.1f} s") for f, t in zip(clip.frames, clip.times)]
         rows = [[_clock(s.start), _clock(s.end), s.caption] for s in segments]
-        return result.caption, gallery, rows, vtt
+        return result.caption, gallery, rows, vtt, _seen(result)
+
+
+def _seen(result) -> dict[str, float] | None:
+    """Candidate nouns for gr.Label: what the CNN's ImageNet classifier sees (None: no classifier)."""
+    return {c.word: c.prob for c in result.candidates} or None
+
+
+def marked_caption(caption: str, candidates) -> list[tuple[str, str | None]]:
+    """The caption for gr.HighlightedText: words naming what the CNN sees (a candidate noun or its plural;
+    in a copy model, the words it can copy) marked "seen"."""
+    from .metrics import word_forms
+
+    seen = set().union(*(word_forms(c.word) for c in candidates)) if candidates else set()
+    return [(w + " ", "seen" if w in seen else None) for w in caption.split()]
 
 
 def _checked_upload(payload: Any, kind: str) -> tuple[str, str]:
@@ -342,9 +360,12 @@ def build_app(captioner: Captioner, examples_dir: str | None, *, concurrency: in
                     word = gr.Radio(choices=[], label="Word", visible=False, elem_id="heatmap-word")
                     heatmap = gr.Image(label="Attention heatmap", interactive=False, visible=has_attention,
                                        elem_id="heatmap", height=HEATMAP_SIZE)
+                    seen = gr.Label(label=SEEN_LABEL, num_top_classes=5, elem_id="seen")
+                    marked = gr.HighlightedText(label="Caption, words naming what the CNN sees marked",
+                                                color_map={"seen": "green"}, show_legend=False, elem_id="marked")
             state = gr.State(None)
             button.click(handlers.caption, [image_in, method, beam_size, num_captions, length_penalty, max_len,
-                                         temperature], [best, table, word, heatmap, state],
+                                         temperature], [best, table, word, heatmap, state, seen, marked],
                          api_name="caption_image", preprocess=False)
             word.input(handlers.show_word, [word, state], heatmap, api_visibility="private", show_progress="hidden")
             method.change(toggle, method, [beam_size, num_captions, length_penalty, temperature],
@@ -371,9 +392,11 @@ def build_app(captioner: Captioner, examples_dir: str | None, *, concurrency: in
                                             interactive=False, wrap=True, label="Timed captions",
                                             elem_id="video-segments", column_widths=["12%", "12%", "76%"])
                     vtt = gr.File(label="Subtitles (WebVTT)", elem_id="video-vtt")
+                    video_seen = gr.Label(label=SEEN_LABEL, num_top_classes=5, elem_id="video-seen")
             video_button.click(handlers.caption_video, [video_in, method, beam_size, num_captions, length_penalty,
                                                         max_len, temperature, timed],
-                               [video_caption, frames, segments, vtt], api_name="caption_video", preprocess=False)
+                               [video_caption, frames, segments, vtt, video_seen], api_name="caption_video",
+                               preprocess=False)
         with gr.Accordion("Model", open=True):
             gr.Markdown(model_info_markdown(captioner.info, base), elem_id="model-info")
     return demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)

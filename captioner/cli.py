@@ -36,6 +36,8 @@ def _add_decode_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", dest="top_k", type=int)
     g.add_argument("--top-p", dest="top_p", type=float)
     g.add_argument("--seed", type=int)
+    g.add_argument("--require-object", dest="require_object", action="store_true", default=None,
+                   help="copy models: when the CNN is confident of a noun, the caption must name it")
 
 
 def _overrides(cls, args: argparse.Namespace) -> dict[str, Any]:
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--temporal-bidirectional", dest="temporal_bidirectional", action="store_true", default=None,
                    help="the lstm/gru temporal encoder reads the frames in both directions")
     m.add_argument("--frames", dest="num_frames", type=int, help="frames sampled per video (default 16)")
+    m.add_argument("--copy-nouns", dest="copy_nouns", type=int, metavar="K",
+                   help="copy decoder: may copy any of the K nouns the CNN's ImageNet classifier sees most "
+                        "(novel objects; needs a pretrained encoder), 0 = off")
     o = t.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int)
     o.add_argument("--batch-size", dest="batch_size", type=int)
@@ -91,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--label-smoothing", dest="label_smoothing", type=float)
     o.add_argument("--scheduled-sampling", dest="scheduled_sampling", type=float)
     o.add_argument("--alpha-c", dest="alpha_c", type=float, help="doubly stochastic attention weight")
+    o.add_argument("--copy-hide", dest="copy_hide", type=float,
+                   help="copy models: how often a caption noun the CNN sees must be copied, not generated")
     o.add_argument("--patience", type=int, help="early stopping patience in epochs, 0 = off")
     o.add_argument("--min-freq", dest="min_freq", type=int, help="min word count for the vocabulary")
     o.add_argument("--max-vocab", dest="max_vocab", type=int)
@@ -169,7 +176,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
         elif args.json:
             print(json.dumps({"file": r.source, "caption": r.caption, "log_prob": round(r.scores[0], 4),
                               "captions": [{"caption": c, "log_prob": round(s, 4), "score": round(k, 4), "finished": f}
-                                           for c, s, k, f in zip(r.captions, r.scores, r.ranking, r.finished)]}))
+                                           for c, s, k, f in zip(r.captions, r.scores, r.ranking, r.finished)],
+                              "candidates": [{"word": c.word, "prob": c.prob} for c in r.candidates]}))
         elif len(r.captions) == 1:
             print(f"{r.source}\t{r.caption}")
         else:  # n-best: one ranked line per caption

@@ -56,6 +56,7 @@ class ModelConfig:
     temporal: str = "none"  # see TEMPORAL
     temporal_bidirectional: bool = False  # lstm/gru temporal encoder reads the frames both ways
     num_frames: int = 16  # frames sampled uniformly from each video (training and captioning alike)
+    copy_nouns: int = 0  # copy decoder (copying.py): candidate nouns per image from the CNN's classifier; 0 = off
 
     @property
     def is_video(self) -> bool:
@@ -71,6 +72,11 @@ class ModelConfig:
                               "attends over its frames with --temporal attention, lstm or gru")
         if self.temporal_bidirectional and self.temporal not in ("lstm", "gru"):
             raise ConfigError("temporal_bidirectional needs --temporal lstm or gru")
+        if self.copy_nouns < 0:
+            raise ConfigError(f"copy_nouns must be >= 0, got {self.copy_nouns}")
+        if self.copy_nouns and self.tie_weights:
+            raise ConfigError("--copy-nouns and --tie-weights do not combine (the output layer covers only "
+                              "generated words)")
         for name in ("num_layers", "embed_dim", "hidden_dim", "attention_dim", "num_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -108,6 +114,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     cache_features: bool = True
+    # copy models: how often a caption noun the CNN also sees must be copied rather than generated, which
+    # teaches the gate to copy words it has never generated (novel-object simulation)
+    copy_hide: float = 0.5
 
     def validate(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -119,6 +128,8 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.scheduled_sampling <= 1.0:
             raise ConfigError(f"scheduled_sampling must be in [0, 1], got {self.scheduled_sampling}")
+        if not 0.0 <= self.copy_hide <= 1.0:
+            raise ConfigError(f"copy_hide must be in [0, 1], got {self.copy_hide}")
         if self.lr <= 0 or self.encoder_lr <= 0:
             raise ConfigError("learning rates must be > 0")
 
@@ -153,6 +164,9 @@ class DecodeConfig:
     top_k: int = 0  # sampling only; 0 = off
     top_p: float = 1.0  # sampling only; 1 = off
     seed: int | None = None  # sampling only
+    # copy models: when the CNN is confident of a noun (probability >= REQUIRE_PROB), the caption must name
+    # one such noun: EOS is forbidden until it has (constrained decoding)
+    require_object: bool = False
 
     def validate(self) -> None:
         if self.method not in DECODE_METHODS:

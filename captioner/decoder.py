@@ -27,13 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .copying import CopyHead
 
 State = dict[str, torch.Tensor]
 
 
 class DecoderOutput(NamedTuple):
-    logits: torch.Tensor  # (B,T,V)
+    logits: torch.Tensor  # (B,T,V); for copy models the mixture's log-probabilities (already normalised)
     alphas: torch.Tensor | None  # (B,T,P) attention weights per step, None without attention
+    targets: torch.Tensor | None = None  # (B,T) the targets the loss must use, when the model adjusted them
 
 
 class SoftAttention(nn.Module):
@@ -74,10 +76,14 @@ class TemporalEncoder(nn.Module):
 
 
 class CaptionDecoder(nn.Module):
-    def __init__(self, vocab_size: int, feature_dim: int, cfg: ModelConfig):
+    """`copy` (copying.CopyHead, for cfg.copy_nouns > 0) mixes copying the image's candidate nouns into the
+    output; the generated vocabulary is then its first `copy.gen_size` words."""
+
+    def __init__(self, vocab_size: int, feature_dim: int, cfg: ModelConfig, copy: CopyHead | None = None):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
+        self.copy = copy
         self.is_lstm = cfg.rnn == "lstm"
         self.temporal = (TemporalEncoder(feature_dim, cfg.hidden_dim, cfg.temporal, cfg.temporal_bidirectional)
                          if cfg.temporal in ("lstm", "gru") else None)
@@ -95,7 +101,7 @@ class CaptionDecoder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         # Weight tying (Press & Wolf, 2017): the output layer reuses the embedding matrix, via H->D if needed.
         self.out_proj = nn.Linear(H, D) if cfg.tie_weights and H != D else None
-        self.fc = nn.Linear(D if cfg.tie_weights else H, vocab_size)
+        self.fc = nn.Linear(D if cfg.tie_weights else H, copy.gen_size if copy is not None else vocab_size)
         if cfg.tie_weights:
             self.fc.weight = self.embed.weight
 
@@ -105,6 +111,7 @@ class CaptionDecoder(nn.Module):
         [, memory (B,P,E), memory_proj (B,P,A)]."""
         B = features.size(0)
         L, H = self.cfg.num_layers, self.cfg.hidden_dim
+        raw = features
         if self.temporal is not None:
             features, summary = self.temporal(features)  # (B,F,Ht), (B,Ht)
         else:
@@ -115,6 +122,8 @@ class CaptionDecoder(nn.Module):
         if self.attention is not None:
             state["memory"] = features
             state["memory_proj"] = self.attention.memory_proj(features)  # (B,P,A)
+        if self.copy is not None:
+            state = self.copy.init_state(raw, summary, state)
         return state
 
     def _rnn_hidden(self, state: State):
@@ -127,9 +136,19 @@ class CaptionDecoder(nn.Module):
             out = self.out_proj(out)
         return self.fc(out)
 
-    def _advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One recurrent step: tokens (B,) -> top-layer output (B,H), new state."""
-        x = self.embed(tokens)  # (B,D)
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (...) -> (...,D); copy-only words through the copy head's projection."""
+        x = self.embed(tokens)
+        return self.copy.embed(tokens, x) if self.copy is not None else x
+
+    def _output(self, out: torch.Tensor, x: torch.Tensor, state: State, hide: torch.Tensor | None = None):
+        """Top RNN output (B,[T,]H) and input embedding -> logits, or the copy mixture's log-probs."""
+        logits = self._logits(out)
+        return logits if self.copy is None else self.copy.mix(logits, out, x, state, hide)
+
+    def _advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """One recurrent step: tokens (B,) -> top-layer output (B,H), the input embedding (B,D), new state."""
+        x = emb = self._embed(tokens)  # (B,D)
         new: State = dict(state)
         if self.attention is not None:
             h_top = state["h"][:, -1]  # (B,H)
@@ -142,25 +161,33 @@ class CaptionDecoder(nn.Module):
             new["h"], new["c"] = hidden[0].transpose(0, 1), hidden[1].transpose(0, 1)  # (B,L,H)
         else:
             new["h"] = hidden.transpose(0, 1)
-        return out.squeeze(1), new
+        return out.squeeze(1), emb, new
 
     # --- inference -----------------------------------------------------------------------------------------
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tokens (B,) previous words -> log-probabilities of the next word (B,V), new state.
         With attention, the new state's "alpha" (B,P) holds this step's attention weights."""
-        out, state = self._advance(tokens, state)
-        return F.log_softmax(self._logits(out), dim=-1), state
+        out, x, state = self._advance(tokens, state)
+        return F.log_softmax(self._output(out, x, state), dim=-1), state
 
     # --- training ------------------------------------------------------------------------------------------
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor, sampling_prob: float = 0.0) -> DecoderOutput:
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, sampling_prob: float = 0.0,
+                targets: torch.Tensor | None = None, hide_prob: float = 0.0) -> DecoderOutput:
         """Teacher forcing: tokens (B,T) are the inputs (BOS w1 ... w_{T-1}); returns logits (B,T,V) for the
         next word at each step. With `sampling_prob` > 0 (scheduled sampling, Bengio et al. 2015) each input
-        after the first is, with that probability, replaced by the model's own greedy prediction."""
+        after the first is, with that probability, replaced by the model's own greedy prediction.
+        Copy models take the `targets` (B,T): copy-only words that are not candidates become UNK (returned as
+        .targets), and with `hide_prob` a candidate's generation path is closed (copying.CopyHead.hide_mask)."""
         state = self.init_state(features)
+        hide = None
+        if self.copy is not None and targets is not None:
+            targets = self.copy.trainable_targets(targets, state, unk_id=3)
+            hide = self.copy.hide_mask(targets, state, hide_prob) if hide_prob > 0 else None
         if self.attention is None and sampling_prob == 0.0:
             # Fast path: the whole sequence in one fused RNN call; equal to stepping (tested).
-            out, _ = self.rnn(self.embed(tokens), self._rnn_hidden(state))  # (B,T,H)
-            return DecoderOutput(self._logits(out), None)
+            x = self._embed(tokens)  # (B,T,D)
+            out, _ = self.rnn(x, self._rnn_hidden(state))  # (B,T,H)
+            return DecoderOutput(self._output(out, x, state, hide), None, targets)
         logits, alphas = [], []
         prev = tokens[:, 0]
         for t in range(tokens.size(1)):
@@ -169,8 +196,8 @@ class CaptionDecoder(nn.Module):
                 if sampling_prob > 0.0:
                     use_model = torch.rand(prev.shape, device=prev.device) < sampling_prob  # (B,)
                     prev = torch.where(use_model, logits[-1].argmax(-1).detach(), prev)
-            out, state = self._advance(prev, state)
-            logits.append(self._logits(out))  # (B,V)
+            out, x, state = self._advance(prev, state)
+            logits.append(self._output(out, x, state, hide[:, t] if hide is not None else None))  # (B,V)
             if "alpha" in state:
                 alphas.append(state["alpha"])
-        return DecoderOutput(torch.stack(logits, 1), torch.stack(alphas, 1) if alphas else None)
+        return DecoderOutput(torch.stack(logits, 1), torch.stack(alphas, 1) if alphas else None, targets)

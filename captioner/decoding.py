@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from .config import DecodeConfig
+from .errors import ConfigError
 from .vocab import Vocabulary
 
 State = dict[str, torch.Tensor]
@@ -252,19 +253,45 @@ def _filter_top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch
     return scores
 
 
+REQUIRE_PROB = 0.5  # how sure the CNN must be of a noun before --require-object insists on it
+
+
+def requiring(step_fn: StepFn, eos_id: int) -> StepFn:
+    """Constrained decoding: a row may not end until it has said one of its required words.
+    state["must"] (N,M) holds each row's required word ids (-1 = none; a row with none is free), and
+    state["said"] (N,) whether it has said one; both have the batch first, so searches reorder them."""
+    def step(tokens: torch.Tensor, state: State):
+        must = state["must"]
+        said = state["said"] | (tokens.unsqueeze(1) == must).any(1)  # (N,)
+        log_probs, state = step_fn(tokens, state)
+        blocked = ~said & (must >= 0).any(1)  # (N,)
+        log_probs = log_probs.masked_fill(blocked.unsqueeze(1) & (torch.arange(log_probs.size(1),
+                                          device=log_probs.device) == eos_id), NEG_INF)
+        return log_probs, {**state, "said": said}
+    return step
+
+
 @torch.no_grad()
 def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig) -> list[list[Hypothesis]]:
     """Caption a batch of encoded inputs: features (B,P,E) -> per example `num_captions` hypotheses, best first.
     `decoder` is anything with init_state(features) and step(tokens, state)."""
     cfg.validate()
     state = decoder.init_state(features)
+    step = decoder.step
+    if cfg.require_object:
+        if "cand_ids" not in state:
+            raise ConfigError("--require-object needs a copy model (captioner train --copy-nouns K)")
+        confident = state["cand_logp"] >= math.log(REQUIRE_PROB)  # (B,K)
+        state = {**state, "must": torch.where(confident, state["cand_ids"], torch.full_like(state["cand_ids"], -1)),
+                 "said": torch.zeros(features.size(0), dtype=torch.bool, device=features.device)}
+        step = requiring(decoder.step, vocab.eos_id)
     B = features.size(0)
     rules = rules_for(cfg, vocab)
     if cfg.method == "greedy":
-        return greedy(decoder.step, state, B, vocab.bos_id, cfg.max_len, rules)
+        return greedy(step, state, B, vocab.bos_id, cfg.max_len, rules)
     if cfg.method == "beam":
-        return beam_search(decoder.step, state, B, cfg.beam_size, vocab.bos_id, cfg.max_len, rules,
+        return beam_search(step, state, B, cfg.beam_size, vocab.bos_id, cfg.max_len, rules,
                            cfg.num_captions, cfg.length_penalty)
     generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
-    return sample(decoder.step, state, B, cfg.num_captions, vocab.bos_id, cfg.max_len, rules, cfg.temperature,
+    return sample(step, state, B, cfg.num_captions, vocab.bos_id, cfg.max_len, rules, cfg.temperature,
                   cfg.top_k, cfg.top_p, generator)

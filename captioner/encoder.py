@@ -42,6 +42,7 @@ class Backbone:
     feature_dim: int
     transform: dict
     weights_source: str
+    head: nn.Linear | None = None  # the ImageNet classifier over the pooled feature, when its weights are real
 
 
 def _torchvision_backbone(name: str, weights: str) -> Backbone:
@@ -64,15 +65,17 @@ def _torchvision_backbone(name: str, weights: str) -> Backbone:
         if weights != "none":
             _load_state_file(model, weights, name)
             source = f"file:{os.path.abspath(weights)}"
+    head = None
     if name.startswith("resnet"):
         stages = [model.layer1, model.layer2, model.layer3, model.layer4]
         body = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, *stages)
         dim = model.fc.in_features
+        head = model.fc if source != "none" else None  # a linear head right on the pooled feature
     else:  # mobilenet_v3_*, efficientnet_b*, convnext_*: all expose `.features`
         body = model.features
         stages = list(model.features.children())
         dim = _infer_channels(body)
-    return Backbone(body, stages, dim, dict(IMAGENET_TRANSFORM), source)
+    return Backbone(body, stages, dim, dict(IMAGENET_TRANSFORM), source, head)
 
 
 def _lite0_backbone(weights: str) -> Backbone:
@@ -91,11 +94,13 @@ def _lite0_backbone(weights: str) -> Backbone:
     else:
         _load_state_file(model, weights, "efficientnet_lite0")
         source = f"file:{os.path.abspath(weights)}"
+    classifier = model.classifier if source != "none" else None
     model.reset_classifier(0)
     stem = nn.Sequential(model.conv_stem, model.bn1)
     head = nn.Sequential(model.conv_head, model.bn2)
     stages = [*model.blocks, head]
-    return Backbone(nn.Sequential(stem, *stages), stages, model.num_features, dict(LITE0_TRANSFORM), source)
+    return Backbone(nn.Sequential(stem, *stages), stages, model.num_features, dict(LITE0_TRANSFORM), source,
+                    classifier)
 
 
 def lite0_keys_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -169,6 +174,21 @@ class ImageEncoder(nn.Module):
         self.body.requires_grad_(False)
         self.trainable = nn.ModuleList(backbone.stages[len(backbone.stages) - fine_tune:] if fine_tune else [])
         self.trainable.requires_grad_(True)
+        # The ImageNet classifier stays, frozen, to name what the CNN sees (nouns.py). Not persistent: it comes
+        # with the backbone's weights source, so checkpoints and their state-dict keys do not change.
+        head = backbone.head
+        self.register_buffer("head_weight", head.weight.detach().clone() if head else None, persistent=False)
+        self.register_buffer("head_bias", head.bias.detach().clone() if head else None, persistent=False)
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.head_weight is not None
+
+    def class_probs(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B,E) -> ImageNet class probabilities (B,C)."""
+        if self.head_weight is None:
+            raise ValueError("this encoder has no pretrained ImageNet classifier")
+        return torch.softmax(pooled.float() @ self.head_weight.t() + self.head_bias, dim=-1)
 
     @property
     def frozen(self) -> bool:

@@ -22,6 +22,7 @@ from .decoding import Hypothesis, decode
 from .errors import CaptionerError, ConfigError, MediaError
 from .media import VIDEO_EXTENSIONS, build_transform, is_video, load_media_tensor, media_to, stack_or_list
 from .model import CaptionModel
+from .nouns import Candidate, default_nouns
 from .segments import Segment, caption_segments
 from .vocab import Vocabulary
 
@@ -36,6 +37,9 @@ class CaptionResult:
     ranking: list[float] = field(default_factory=list)  # what the search ranked by (length-normalised)
     finished: list[bool] = field(default_factory=list)  # False: cut at max_len before the model ended it
     attention: list[torch.Tensor | None] = field(default_factory=list)  # per caption (words, P), attention models
+    # What the CNN sees: ImageNet-derived nouns with probabilities (nouns.py); empty if the encoder has no
+    # pretrained classifier.
+    candidates: list[Candidate] = field(default_factory=list)
     error: str | None = None  # set instead of captions when the input could not be read
 
     @property
@@ -101,7 +105,9 @@ class Captioner:
                 except CaptionerError as exc:
                     results[i].error = str(exc)
             if ok:
-                for i, hyps in zip(ok, self.caption_tensors(stack_or_list(tensors), cfg)):
+                hyps_list, seen = self._caption_and_see(stack_or_list(tensors), cfg)
+                for i, hyps, cands in zip(ok, hyps_list, seen):
+                    results[i].candidates = cands
                     results[i].captions = [self.vocab.decode(h.tokens) for h in hyps]
                     results[i].scores = [h.log_prob for h in hyps]
                     results[i].ranking = [h.score for h in hyps]
@@ -138,8 +144,14 @@ class Captioner:
     def caption_tensors(self, media: torch.Tensor | list[torch.Tensor],
                         cfg: DecodeConfig | None = None) -> list[list[Hypothesis]]:
         """Preprocessed images (B,3,H,W), clips (B,F,3,H,W) or a list of either -> hypotheses per input."""
-        feats = self.model.encode(media_to(media, self.device))  # (B,P,E) or (B,F,E)
-        return decode(self.model.decoder, feats, self.vocab, cfg or self.decode_config)
+        return self._caption_and_see(media, cfg)[0]
+
+    @torch.no_grad()
+    def _caption_and_see(self, media, cfg: DecodeConfig | None) -> tuple[list[list[Hypothesis]], list[list[Candidate]]]:
+        feats, class_probs = self.model.encode_and_classify(media_to(media, self.device))  # (B,P,E)|(B,F,E), (B,C)
+        hyps = decode(self.model.decoder, feats, self.vocab, cfg or self.decode_config)
+        seen = default_nouns().candidates(class_probs) if class_probs is not None else [[] for _ in hyps]
+        return hyps, seen
 
 
 def _name(x: Any, i: int) -> str:

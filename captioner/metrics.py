@@ -238,3 +238,28 @@ def caption_metrics(references: Sequence[Sequence[str]], hypotheses: Sequence[st
         "METEOR": meteor_score(refs, hyps, meteor_timeout_s) if meteor
         else {"unavailable": "not requested (meteor=False)"},
     }
+
+
+# --- novel objects -------------------------------------------------------------------------------------------
+
+def word_forms(word: str) -> frozenset[str]:
+    """A noun and its plural ("bus" -> {"bus", "buses"}), the forms a caption mentions it by."""
+    from .grammar import plural
+
+    return frozenset({word, plural(word)})
+
+
+def mention_f1(references: Sequence[Sequence[str]], hypotheses: Sequence[str], word: str) -> dict[str, float]:
+    """The DCC protocol's score for one word (Hendricks et al., CVPR 2016, "Deep Compositional Captioning"):
+    an image is a positive when any of its references mentions the word, a prediction when its generated
+    caption does; F1 of predictions against positives (0 when there is no positive or no prediction)."""
+    _check_corpus(references, hypotheses)
+    forms = word_forms(word)
+    gold = [any(forms & set(tokenize(r)) for r in refs) for refs in references]
+    said = [bool(forms & set(tokenize(h))) for h in hypotheses]
+    tp = sum(g and s for g, s in zip(gold, said))
+    precision = tp / max(sum(said), 1)
+    recall = tp / max(sum(gold), 1)
+    f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+    return {"F1": f1, "precision": precision, "recall": recall, "images_with_word": sum(gold),
+            "captions_with_word": sum(said)}

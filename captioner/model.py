@@ -15,8 +15,12 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .copying import CopyHead
 from .decoder import CaptionDecoder, DecoderOutput
 from .encoder import ImageEncoder, build_backbone
+from .errors import ConfigError
+from .nouns import NounSpace, load_table
+from .vocab import Vocabulary
 
 
 class CaptionModel(nn.Module):
@@ -33,11 +37,21 @@ class CaptionModel(nn.Module):
     def encode(self, media: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """What the decoder reads, from images (B,3,H,W), clips (B,F,3,H,W), or a list of B items each (3,H,W)
         or (F_i,3,H,W) (images and clips mixed). All frames of the batch go through the CNN in one call."""
+        return self.encode_and_classify(media, classify=False)[0]
+
+    def encode_and_classify(self, media: torch.Tensor | Sequence[torch.Tensor], classify: bool = True
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`encode`, plus per input the ImageNet class probabilities (B,C) of the encoder's classifier,
+        averaged over a clip's frames (None if not asked for or the encoder has no classifier)."""
         if isinstance(media, torch.Tensor):
             media = list(media)
         clips = [m.unsqueeze(0) if m.dim() == 3 else m for m in media]  # each (F_i,3,H,W)
-        feats = self.frame_features(torch.cat(clips))  # (sum F_i,P,E)
-        return torch.stack([self.clip_features(f) for f in feats.split([len(c) for c in clips])])
+        per_item = self.frame_features(torch.cat(clips)).split([len(c) for c in clips])  # each (F_i,P,E)
+        feats = torch.stack([self.clip_features(f) for f in per_item])
+        if not (classify and self.encoder.has_classifier):
+            return feats, None
+        probs = torch.stack([self.encoder.class_probs(f.mean(1)).mean(0) for f in per_item])  # (B,C)
+        return feats, probs
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """The CNN alone: frames (N,3,H,W) -> (N,P,E)."""
@@ -55,21 +69,42 @@ class CaptionModel(nn.Module):
         return frames[index, 0]  # (n,E); video models pool each frame (P=1)
 
     def forward(self, inputs: torch.Tensor, tokens: torch.Tensor, sampling_prob: float = 0.0,
-                encoded: bool = True) -> DecoderOutput:
+                encoded: bool = True, targets: torch.Tensor | None = None, hide_prob: float = 0.0) -> DecoderOutput:
         """Teacher forcing with input tokens (B,T) from features (B,P,E), or from images/clips (see `encode`) when
         `encoded` is False (the encoder then gets gradients only if it is being fine-tuned). One forward for
         both, so DistributedDataParallel sees every trained parameter used inside its forward."""
         if not encoded:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder.frozen):
                 inputs = self.encode(inputs)  # (B,P,E)
-        return self.decoder(inputs.float(), tokens, sampling_prob)
+        return self.decoder(inputs.float(), tokens, sampling_prob, targets, hide_prob)
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, encoder_weights: str | None = None) -> CaptionModel:
+def build_model(cfg: ModelConfig, vocab_size: int, encoder_weights: str | None = None, *,
+                vocab: Vocabulary | None = None, copy_table=None) -> CaptionModel:
     """Rebuild the modules from config. `encoder_weights` overrides cfg.encoder_weights (a checkpoint that
-    stores the encoder's own weights builds it with "none" and loads them afterwards)."""
+    stores the encoder's own weights builds it with "none" and loads them afterwards). Copy models
+    (cfg.copy_nouns) also need the vocabulary (with the nouns appended, see Vocabulary.extend) and the noun
+    table (default: the shipped one; a checkpoint passes its own)."""
     cfg.validate()
     backbone = build_backbone(cfg.backbone, encoder_weights or cfg.encoder_weights)
     encoder = ImageEncoder(backbone, fine_tune=cfg.fine_tune_encoder, pool=not cfg.attention)
-    decoder = CaptionDecoder(vocab_size, encoder.feature_dim, cfg)
+    copy = _copy_head(cfg, encoder, vocab, copy_table) if cfg.copy_nouns else None
+    decoder = CaptionDecoder(vocab_size, encoder.feature_dim, cfg, copy)
     return CaptionModel(encoder, decoder, cfg)
+
+
+def _copy_head(cfg: ModelConfig, encoder: ImageEncoder, vocab: Vocabulary | None, table) -> CopyHead:
+    if vocab is None:
+        raise ValueError("a copy model needs its vocabulary")
+    space = NounSpace(table if table is not None else load_table())
+    missing = [w for w in space.words if w not in vocab.stoi]
+    if missing:
+        raise ConfigError(f"the vocabulary lacks {len(missing)} table nouns (e.g. {missing[0]!r}); "
+                          f"extend it with Vocabulary.extend")
+    if encoder.has_classifier:
+        weight, bias = encoder.head_weight, encoder.head_bias
+    else:  # only when loading a checkpoint, whose copy buffers then replace these
+        weight, bias = torch.zeros(len(space.membership), encoder.feature_dim), torch.zeros(len(space.membership))
+    return CopyHead(len(vocab), vocab.generated, cfg.hidden_dim, cfg.embed_dim, encoder.feature_dim, cfg.copy_nouns,
+                    weight, bias, space.membership, torch.tensor([vocab.stoi[w] for w in space.words]),
+                    video=cfg.is_video)

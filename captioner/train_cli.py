@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .features import default_cache_dir
 from .inference import resolve_device
 from .model import build_model
+from .nouns import NounSpace, load_table
 from .training import fit
 from .vocab import Vocabulary
 
@@ -75,12 +76,17 @@ def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_over
         mcfg = ModelConfig.from_dict({**ModelConfig().to_dict(), **model_overrides})
         tcfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **train_overrides})
         vocab = Vocabulary.build((c for it in train_set.items for c in it.captions), tcfg.min_freq, tcfg.max_vocab)
-        model = build_model(mcfg, len(vocab))
+        if mcfg.copy_nouns:  # the table's nouns join the vocabulary as copy-only words
+            vocab = vocab.extend(NounSpace(load_table()).words)
+        model = build_model(mcfg, len(vocab), vocab=vocab)
     log(f"model: {model.cfg.backbone} ({model.encoder.weights_source}, "
                f"{'frozen' if model.encoder.frozen else 'fine-tuning'}) -> {model.cfg.rnn} "
                f"{'with attention' if model.cfg.attention else ''}"
                f"{f'video model ({model.cfg.temporal} over {model.cfg.num_frames} frames)' if model.cfg.is_video else ''}"
-               f"; vocabulary {len(vocab)} words; device {device}")
+               f"{f'; copying from {model.cfg.copy_nouns} candidate nouns' if model.cfg.copy_nouns else ''}"
+               f"; vocabulary {vocab.generated} words"
+               f"{f' + {len(vocab) - vocab.generated} copy-only nouns' if len(vocab) > vocab.generated else ''}"
+               f"; device {device}")
     meta = {"data": os.path.abspath(args.data), "images": args.images and os.path.abspath(args.images),
             "format": train_set.format, "split": args.split, "train_images": len(train_set.items),
             "val_data": args.val_data and os.path.abspath(args.val_data),

@@ -49,6 +49,19 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, alphas: torch.Tens
     return loss
 
 
+def teacher_forced_loss(model: torch.nn.Module, inputs, captions: torch.Tensor, *, encoded: bool = True,
+                        sampling_prob: float = 0.0, hide_prob: float = 0.0, label_smoothing: float = 0.0,
+                        alpha_c: float = 0.0) -> tuple[torch.Tensor, int]:
+    """Teacher forcing on captions (B,T+1) (BOS w1 .. EOS PAD..) -> (masked mean loss, target tokens).
+    A copy model may adjust the targets (words it cannot produce become UNK, see copying.py)."""
+    targets = captions[:, 1:]  # (B,T)
+    out = model(inputs, captions[:, :-1], sampling_prob, encoded=encoded, targets=targets, hide_prob=hide_prob)
+    if out.targets is not None:
+        targets = out.targets
+    loss = caption_loss(out.logits, targets, out.alphas, label_smoothing=label_smoothing, alpha_c=alpha_c)
+    return loss, int((targets != 0).sum())
+
+
 class EpochSampler(Sampler[int]):
     """This rank's share of a permutation of range(n) that depends only on (seed, epoch), from position `start`.
 
@@ -118,16 +131,14 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                dynamic_ncols=True)
     for inputs, captions, _ in loader:
         inputs, captions = media_to(inputs, device), captions.to(device)  # captions (B,T+1): BOS w1 .. EOS PAD..
-        out = model(inputs, captions[:, :-1], sampling_prob, encoded=cached)  # logits (B,T,V)
-        targets = captions[:, 1:]  # (B,T)
-        loss = caption_loss(out.logits, targets, out.alphas, label_smoothing=cfg.label_smoothing,
-                            alpha_c=cfg.alpha_c)
+        loss, n_tok = teacher_forced_loss(model, inputs, captions, encoded=cached, sampling_prob=sampling_prob,
+                                          hide_prob=cfg.copy_hide, label_smoothing=cfg.label_smoothing,
+                                          alpha_c=cfg.alpha_c)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # The norm before clipping is logged: growing norms are the early sign of exploding gradients.
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         optimizer.step()
-        n_tok = int((targets != 0).sum())
         stats.loss_sum += loss.item() * n_tok
         stats.tokens += n_tok
         stats.grad_norm_sum += float(norm)
@@ -151,10 +162,8 @@ def validate(model: CaptionModel, val_set: CaptionSet, val_feats: torch.Tensor, 
     loss_sum, tokens = 0.0, 0
     for feats, captions, _ in DataLoader(pairs, batch_size=cfg.batch_size, collate_fn=collate_pairs,
                                          generator=torch.Generator()):  # leaves the global RNG alone
-        feats, captions = feats.to(device).float(), captions.to(device)
-        out = model(feats, captions[:, :-1])
-        n_tok = int((captions[:, 1:] != 0).sum())
-        loss_sum += float(caption_loss(out.logits, captions[:, 1:])) * n_tok
+        loss, n_tok = teacher_forced_loss(model, feats.to(device).float(), captions.to(device))
+        loss_sum += float(loss) * n_tok
         tokens += n_tok
     hyps = generate_captions(model, val_feats, vocab, device, DecodeConfig(method="greedy", max_len=cfg.max_len),
                              cfg.batch_size, progress)

@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 from nltk.tokenize import NLTKWordTokenizer
 
 from .errors import CheckpointError
+from .grammar import agree
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
@@ -31,9 +32,10 @@ def tokenize(text: str) -> list[str]:
 
 
 class Vocabulary:
-    """Word <-> id map with PAD=0, BOS=1, EOS=2, UNK=3."""
+    """Word <-> id map with PAD=0, BOS=1, EOS=2, UNK=3. The first `generated` words are the ones a decoder
+    generates; words after them (a copy model's nouns, see copying.py) can only be copied."""
 
-    def __init__(self, words: Sequence[str]):
+    def __init__(self, words: Sequence[str], generated: int | None = None):
         words = list(words)
         if tuple(words[: len(SPECIALS)]) != SPECIALS:
             raise ValueError(f"a vocabulary must start with {SPECIALS}, got {words[:4]}")
@@ -41,6 +43,14 @@ class Vocabulary:
             raise ValueError("vocabulary words must be unique")
         self.itos = words
         self.stoi = {w: i for i, w in enumerate(words)}
+        self.generated = len(words) if generated is None else generated
+        if not len(SPECIALS) <= self.generated <= len(words):
+            raise ValueError(f"generated must be in {len(SPECIALS)}..{len(words)}, got {generated}")
+
+    def extend(self, words: Iterable[str]) -> "Vocabulary":
+        """This vocabulary plus the given words it lacks, appended as copy-only words."""
+        extra = [w for w in dict.fromkeys(words) if w not in self.stoi]
+        return Vocabulary(self.itos + extra, generated=self.generated)
 
     pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
 
@@ -63,7 +73,8 @@ class Vocabulary:
         return [self.bos_id] + ids + [self.eos_id]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text for ids, stopping at the first EOS and skipping PAD/BOS."""
+        """Text for ids, stopping at the first EOS and skipping PAD/BOS; articles and plurals made to agree
+        (grammar.py: a copied noun comes with no learned "an" or plural)."""
         words = []
         for i in ids:
             i = int(i)
@@ -72,14 +83,14 @@ class Vocabulary:
             if i in (self.pad_id, self.bos_id):
                 continue
             words.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
-        return " ".join(words)
+        return " ".join(agree(words))
 
     def to_dict(self) -> dict:
-        return {"itos": list(self.itos)}
+        return {"itos": list(self.itos), "generated": self.generated}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Vocabulary":
         try:
-            return cls(data["itos"])
+            return cls(data["itos"], data.get("generated"))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint vocabulary is malformed: {exc}") from None

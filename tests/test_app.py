@@ -94,7 +94,7 @@ def attention_checkpoint(tmp_path_factory, feature_cache, trained):
 # ---------------------------------------------------------------- through gradio_client, against a live server
 
 def test_caption_image_matches_captioner(client, server, image):
-    best, table, word, heatmap = caption_via_client(client, image)
+    best, table, word, heatmap, seen, marked = caption_via_client(client, image)
     cap = Captioner.load(server["checkpoint"], device="cpu")
     assert best == cap.caption([image], **SETTINGS)[0]
     assert best.strip()
@@ -103,12 +103,14 @@ def test_caption_image_matches_captioner(client, server, image):
     assert [row[0] for row in table["data"]] == [1, 2, 3]
     assert [row[2] for row in table["data"]] == [round(s, 3) for s in expected.ranking]
     assert heatmap is None and word["visible"] is False  # no attention in this model
+    assert [c["label"] for c in seen["confidences"]] == [c.word for c in expected.candidates]  # what the CNN sees
+    assert "".join(token for token, _ in marked).strip() == best
 
 
 def test_impossible_settings_are_clamped_not_refused(client, image):
-    best, table, _, _ = caption_via_client(client, image, method="greedy", num_captions=3)
+    best, table, *_ = caption_via_client(client, image, method="greedy", num_captions=3)
     assert len(table["data"]) == 1 and table["data"][0][1] == best
-    _, table, _, _ = caption_via_client(client, image, beam_size=2, num_captions=5)
+    _, table, *_ = caption_via_client(client, image, beam_size=2, num_captions=5)
     assert len(table["data"]) == 2
 
 
@@ -148,7 +150,7 @@ def caption_video_via_client(client, path, timed="auto", method="greedy"):
 
 
 def test_caption_video_gives_caption_frames_and_timed_captions(client, server):
-    caption, gallery, rows, vtt = caption_video_via_client(client, VIDEO, timed="5s")
+    caption, gallery, rows, vtt, seen = caption_video_via_client(client, VIDEO, timed="5s")
     cap = Captioner.load(server["checkpoint"], device="cpu")
     assert caption == cap.caption([VIDEO], method="greedy")[0] and caption.strip()
     assert len(gallery) == cap.model.cfg.num_frames and gallery[0]["caption"].endswith(" s")
@@ -156,7 +158,8 @@ def test_caption_video_gives_caption_frames_and_timed_captions(client, server):
     text = Path(vtt).read_text()
     assert text.startswith("WEBVTT") and text.count("-->") == len(rows["data"])
     # a short clip in "auto" mode gets no timed captions
-    _, _, rows, vtt = caption_video_via_client(client, VIDEO)
+    assert seen["label"] == cap.caption_detailed([VIDEO])[0].candidates[0].word
+    _, _, rows, vtt, _ = caption_video_via_client(client, VIDEO)
     assert rows["data"] in ([], [["", "", ""]]) and vtt is None
 
 
@@ -184,7 +187,7 @@ def test_serves_no_files_outside_its_uploads(server, image):
 def test_attention_model_shows_a_heatmap_per_word(attention_checkpoint, image):
     demo, url = serve(attention_checkpoint)
     try:
-        best, _, word, heatmap = caption_via_client(Client(url, verbose=False), image, max_len=6)
+        best, _, word, heatmap, *_ = caption_via_client(Client(url, verbose=False), image, max_len=6)
     finally:
         demo.close()
     words = best.split()
@@ -246,6 +249,15 @@ def test_upload_checks(tmp_path):
     with pytest.raises(CaptionerError, match=r"notes\.txt is not a video file; expected one of: \.mp4"):
         _upload_path({"video": {"path": str(big), "orig_name": "notes.txt"}}, "video")
     assert _upload_path({"video": {"path": str(big), "orig_name": "clip.webm"}}, "video") == (str(big), "clip.webm")
+
+
+def test_marked_caption_marks_the_words_the_cnn_sees():
+    from captioner.app import marked_caption
+    from captioner.nouns import Candidate
+
+    marked = marked_caption("two dogs and a cat on a bus", [Candidate("dog", 0.8), Candidate("bus", 0.3)])
+    assert [t for t, label in marked if label == "seen"] == ["dogs ", "bus "]
+    assert marked_caption("a cat", []) == [("a ", None), ("cat ", None)]
 
 
 def test_model_info_panel(server):

@@ -136,11 +136,29 @@ def test_encode_decode_round_trip(vocab):
 
 def test_to_dict_from_dict_round_trip(vocab):
     data = vocab.to_dict()
-    assert data == {"itos": [PAD, BOS, EOS, UNK, "a", "dog", "cat", "the"]}
+    assert data == {"itos": [PAD, BOS, EOS, UNK, "a", "dog", "cat", "the"], "generated": 8}
     again = Vocabulary.from_dict(data)
     assert again.itos == vocab.itos
     assert again.stoi == vocab.stoi
     assert again.encode("the dog and a cat") == vocab.encode("the dog and a cat") == [1, 7, 5, 3, 4, 6, 2]
+    assert Vocabulary.from_dict({"itos": data["itos"]}).generated == 8  # checkpoints from before copying
+
+
+def test_extend_appends_copy_only_words():
+    base = Vocabulary([PAD, BOS, EOS, UNK, "a", "dog"])
+    ext = base.extend(["dog", "squirrel", "apple", "squirrel"])
+    assert ext.itos[-2:] == ["squirrel", "apple"] and ext.generated == 6 and len(ext) == 8
+    assert ext.encode("a squirrel") == [1, 4, 6, 2]  # a noun the captions lacked now has an id
+    assert Vocabulary.from_dict(ext.to_dict()).generated == 6
+    with pytest.raises(ValueError, match="generated must be in"):
+        Vocabulary([PAD, BOS, EOS, UNK], generated=9)
+
+
+def test_decode_makes_articles_and_plurals_agree():
+    v = Vocabulary([PAD, BOS, EOS, UNK, *"a an umbrella dog two three mouse hour on people".split()])
+    ids = lambda text: [v.stoi[w] for w in text.split()]  # noqa: E731
+    assert v.decode(ids("a umbrella on two dog")) == "an umbrella on two dogs"
+    assert v.decode(ids("an dog a hour three mouse two people")) == "a dog an hour three mice two people"
 
 
 def test_to_dict_is_a_copy(vocab):

@@ -1,0 +1,48 @@
+"""Article and number agreement for generated captions, with `inflect`.
+
+A decoder that copies a noun it never generated from training captions (copying.py) cannot have learned its
+article or plural: it writes "a umbrella" or "two dog". Captions are fixed word by word: "a"/"an" before a
+word takes the form inflect gives for it ("an umbrella", "a university", "an hour"), and a singular noun from
+the CNN's noun table right after a number word becomes plural ("two dogs", "three mice").
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+NUMBER_WORDS = {"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "several", "many",
+                "multiple", "numerous", "few"}
+
+
+@lru_cache(maxsize=None)
+def _engine():
+    import inflect
+
+    return inflect.engine()
+
+
+@lru_cache(maxsize=4096)
+def _article(word: str) -> str:
+    return _engine().a(word).split(" ", 1)[0]
+
+
+@lru_cache(maxsize=None)
+def _table_nouns() -> frozenset[str]:
+    from .nouns import default_nouns
+
+    return frozenset(default_nouns().words)
+
+
+def plural(noun: str) -> str:
+    return _engine().plural_noun(noun) or noun
+
+
+def agree(words: list[str]) -> list[str]:
+    """Fix "a"/"an" before every word, and pluralize a table noun right after a number word."""
+    out = list(words)
+    for i in range(len(out) - 1):
+        nxt = out[i + 1]
+        if out[i] in ("a", "an") and nxt[:1].isalpha():
+            out[i] = _article(nxt)
+        elif out[i] in NUMBER_WORDS and nxt in _table_nouns():
+            out[i + 1] = plural(nxt)
+    return out

@@ -1,0 +1,81 @@
+"""What the CNN sees: its ImageNet classifier's 1000 classes mapped to everyday caption nouns.
+
+Our captions come from 2,266 COCO photos, so a decoder alone only knows COCO's words. The pretrained CNN
+recognises 1000 ImageNet classes, and `imagenet_nouns.tsv` (made by scripts/make_imagenet_nouns.py from
+WordNet 3.0, every row reviewed by hand) names each with 1-3 caption words, the first canonical:
+all dog breeds -> dog, Granny Smith -> apple, fox squirrel -> squirrel, espresso -> coffee.
+
+Per image, a noun's probability is the sum of the probabilities of the classes that list it; the most probable
+nouns are the image's candidates, each with a visual embedding (the mean of its classes' classifier weight
+rows), so a word never seen in a training caption still has a vector. This is the input of novel object
+captioning (LSTM-C, Yao et al., CVPR 2017; LSTM-P, Li et al., CVPR 2019).
+
+Shapes: B batch, C classes (1000), N nouns, E feature.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_nouns.tsv")
+
+
+@lru_cache(maxsize=None)
+def load_table(path: str = TABLE_PATH) -> tuple[tuple[str, ...], ...]:
+    """The table's rows in class order: per class, its caption words (canonical first)."""
+    rows: dict[int, tuple[str, ...]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#") or line.startswith("index\t") or not line.strip():
+                continue
+            index, _wnid, _name, words = line.rstrip("\n").split("\t")
+            rows[int(index)] = tuple(words.split("|"))
+    return tuple(rows[i] for i in range(len(rows)))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    word: str
+    prob: float  # summed probability of the ImageNet classes that the word names
+
+
+class NounSpace:
+    """The table's one-word nouns (multi-word names like "teddy bear" stay out: a caption token is one word),
+    with which classes name each: membership (C,N)."""
+
+    def __init__(self, table: tuple[tuple[str, ...], ...] | list[list[str]]):
+        words: dict[str, int] = {}
+        for row in table:
+            for w in row:
+                if " " not in w:
+                    words.setdefault(w, len(words))
+        self.words = list(words)
+        self.index = words
+        self.membership = torch.zeros(len(table), len(words))  # (C,N)
+        for c, row in enumerate(table):
+            for w in row:
+                if w in words:
+                    self.membership[c, words[w]] = 1.0
+
+    def noun_probs(self, class_probs: torch.Tensor) -> torch.Tensor:
+        """class_probs (B,C) -> noun probabilities (B,N)."""
+        return class_probs @ self.membership.to(class_probs.device, class_probs.dtype)
+
+    def visual_embeddings(self, head_weight: torch.Tensor) -> torch.Tensor:
+        """The classifier's weight rows (C,E) -> one vector per noun (N,E): the mean over its classes."""
+        m = self.membership.to(head_weight.device, head_weight.dtype)  # (C,N)
+        return (m.t() @ head_weight) / m.sum(0).clamp(min=1.0).unsqueeze(1)
+
+    def candidates(self, class_probs: torch.Tensor, k: int = 5, threshold: float = 0.05) -> list[list[Candidate]]:
+        """Per image, up to k nouns with probability >= threshold, most probable first."""
+        probs, idx = self.noun_probs(class_probs).topk(min(k, len(self.words)), dim=1)  # (B,k)
+        return [[Candidate(self.words[i], round(float(p), 4)) for p, i in zip(ps, ids) if p >= threshold]
+                for ps, ids in zip(probs.tolist(), idx.tolist())]
+
+
+@lru_cache(maxsize=None)
+def default_nouns() -> NounSpace:
+    return NounSpace(load_table())

@@ -1,0 +1,120 @@
+"""The copy decoder: a normalised mixture of generating and copying the CNN's nouns, copy-only words, the
+novel-word training signal, constrained decoding, and a tiny model that names an object no caption taught it."""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from captioner.config import DecodeConfig, ModelConfig, TrainConfig
+from captioner.datasets import read_captions
+from captioner.decoding import decode
+from captioner.errors import ConfigError
+from captioner.inference import Captioner
+from captioner.model import build_model
+from captioner.nouns import NounSpace, load_table
+from captioner.training import fit
+from captioner.vocab import SPECIALS, Vocabulary, tokenize
+from conftest import COCO_MINI_TRAIN, COCO_MINI_TRAIN_IMAGES
+
+NOUNS = NounSpace(load_table())
+B, T = 3, 6
+
+
+def copy_vocab() -> Vocabulary:
+    return Vocabulary(list(SPECIALS) + "a dog on the grass cat sitting".split()).extend(NOUNS.words)
+
+
+def copy_model(**kw):
+    torch.manual_seed(0)
+    vocab = copy_vocab()
+    cfg = ModelConfig(embed_dim=16, hidden_dim=32, attention_dim=8, dropout=0.0, copy_nouns=4, **kw)
+    return build_model(cfg, len(vocab), vocab=vocab).eval(), vocab
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_mixture_is_normalised_and_stepping_equals_teacher_forcing(attention):
+    model, vocab = copy_model(attention=attention)
+    feats = torch.randn(B, 49 if attention else 1, 1280).relu()
+    tokens = torch.randint(4, len(vocab), (B, T))  # copy-only words as inputs too
+    out = model.decoder(feats, tokens)
+    assert out.logits.shape == (B, T, len(vocab))
+    assert torch.allclose(out.logits.logsumexp(-1), torch.zeros(B, T), atol=1e-4)  # log-probs of a distribution
+    state = model.decoder.init_state(feats)
+    for t in range(T):
+        log_probs, state = model.decoder.step(tokens[:, t], state)
+        assert torch.allclose(log_probs, out.logits[:, t], atol=1e-4)
+
+
+@torch.no_grad()
+def test_copy_only_words_come_only_from_the_candidates():
+    model, vocab = copy_model()
+    feats = torch.randn(B, 1, 1280).relu()
+    state = model.decoder.init_state(feats)
+    log_probs, _ = model.decoder.step(torch.full((B,), vocab.bos_id), state)
+    copy_only = torch.zeros(len(vocab), dtype=torch.bool)
+    copy_only[vocab.generated:] = True
+    for b in range(B):
+        allowed = torch.zeros(len(vocab), dtype=torch.bool)
+        allowed[state["cand_ids"][b]] = True
+        assert float(log_probs[b][copy_only & ~allowed].max()) < -1e3  # impossible
+        assert float(log_probs[b][copy_only & allowed].exp().sum()) > 0  # copyable
+    assert state["cand_ids"].shape == (B, 4) and torch.all(state["cand_logp"] <= 0)
+
+
+def test_uncopyable_targets_become_unk_and_hidden_words_must_be_copied():
+    model, vocab = copy_model()
+    state = model.decoder.init_state(torch.randn(1, 1, 1280).relu())
+    cands = state["cand_ids"][0].tolist()
+    other = next(i for i in range(vocab.generated, len(vocab)) if i not in cands)
+    generated_cand = vocab.stoi["dog"]
+    state["cand_ids"][0, 0] = generated_cand  # make an in-vocabulary word a candidate
+    targets = torch.tensor([[cands[1], other, generated_cand, vocab.stoi["on"]]])
+    fixed = model.decoder.copy.trainable_targets(targets, state, unk_id=vocab.unk_id)
+    assert fixed.tolist() == [[cands[1], vocab.unk_id, generated_cand, vocab.stoi["on"]]]
+    hide = model.decoder.copy.hide_mask(fixed, state, prob=1.0)
+    assert hide.tolist() == [[-1, -1, generated_cand, -1]]  # only a candidate that could also be generated
+
+
+def test_require_object_needs_a_copy_model_and_forces_the_word():
+    model, vocab = copy_model()
+    feats = torch.randn(2, 1, 1280).relu()
+    state = model.decoder.init_state(feats)
+    forced = decode(model.decoder, feats, vocab, DecodeConfig(method="greedy", require_object=True, max_len=12))
+    for b, hyps in enumerate(forced):
+        confident = [int(i) for i, lp in zip(state["cand_ids"][b], state["cand_logp"][b]) if lp >= math.log(0.5)]
+        if confident and hyps[0].finished:
+            assert set(hyps[0].tokens) & set(confident)
+    plain = build_model(ModelConfig(embed_dim=16, hidden_dim=32), len(vocab)).eval()
+    with pytest.raises(ConfigError, match="needs a copy model"):
+        decode(plain.decoder, feats, vocab, DecodeConfig(require_object=True))
+
+
+def test_copy_config_is_validated():
+    with pytest.raises(ConfigError, match="do not combine"):
+        ModelConfig(copy_nouns=5, tie_weights=True).validate()
+    with pytest.raises(ConfigError, match="copy_hide"):
+        TrainConfig(copy_hide=1.5).validate()
+    vocab = Vocabulary(list(SPECIALS) + ["dog"])
+    with pytest.raises(ConfigError, match="lacks .* table nouns"):
+        build_model(ModelConfig(copy_nouns=5), len(vocab), vocab=vocab)
+
+
+def test_tiny_copy_model_names_an_object_no_training_caption_mentions(tmp_path, feature_cache):
+    """DCC in miniature: no training caption says "elephant"; the CNN sees one; the caption names it."""
+    data = read_captions(str(COCO_MINI_TRAIN), str(COCO_MINI_TRAIN_IMAGES))
+    keep = [it for it in data.items if not any({"elephant", "elephants"} & set(tokenize(c)) for c in it.captions)]
+    held = [it for it in data.items if it not in keep]
+    assert [it.image.rsplit("/", 1)[1] for it in held] == ["000000054718.jpg"]
+    vocab = Vocabulary.build((c for it in keep for c in it.captions), min_freq=1).extend(NOUNS.words)
+    assert vocab.stoi["elephant"] >= vocab.generated  # copy-only: never generated
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(embed_dim=64, hidden_dim=128, dropout=0.0, copy_nouns=5), len(vocab), vocab=vocab)
+    cfg = TrainConfig(epochs=25, batch_size=32, lr=3e-3, patience=0, scheduler="none", min_freq=1)
+    fit(model, vocab, dataclasses.replace(data, items=keep), None, cfg, str(tmp_path), torch.device("cpu"),
+        cache_dir=feature_cache, progress=False, log=lambda msg: None)
+    cap = Captioner.load(tmp_path / "last.pt")  # and the checkpoint carries the noun table
+    result = cap.caption_detailed([held[0].image], method="greedy")[0]
+    assert result.candidates[0].word == "elephant"
+    assert "elephant" in result.caption.split() or "elephants" in result.caption.split(), result.caption
+    assert Captioner.load(tmp_path / "last.pt").caption([held[0].image], method="greedy") == [result.caption]
