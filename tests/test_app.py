@@ -104,7 +104,7 @@ def test_caption_image_matches_captioner(client, server, image):
     assert [row[2] for row in table["data"]] == [round(s, 3) for s in expected.ranking]
     assert heatmap is None and word["visible"] is False  # no attention in this model
     assert [c["label"] for c in seen["confidences"]] == [c.word for c in expected.candidates]  # what the CNN sees
-    assert "".join(token for token, _ in marked).strip() == best
+    assert "".join(t["token"] for t in marked).strip() == best
 
 
 def test_impossible_settings_are_clamped_not_refused(client, image):
