@@ -105,6 +105,9 @@ def _copy_head(cfg: ModelConfig, encoder: ImageEncoder, vocab: Vocabulary | None
         weight, bias = encoder.head_weight, encoder.head_bias
     else:  # only when loading a checkpoint, whose copy buffers then replace these
         weight, bias = torch.zeros(len(space.membership), encoder.feature_dim), torch.zeros(len(space.membership))
-    return CopyHead(len(vocab), vocab.generated, cfg.hidden_dim, cfg.embed_dim, encoder.feature_dim, cfg.copy_nouns,
+    # the gate reads the decoder's clip summary: a recurrent temporal encoder's states, else the mean feature
+    summary_dim = (cfg.hidden_dim * (2 if cfg.temporal_bidirectional else 1) if cfg.temporal in ("lstm", "gru")
+                   else encoder.feature_dim)
+    return CopyHead(len(vocab), vocab.generated, cfg.hidden_dim, cfg.embed_dim, summary_dim, cfg.copy_nouns,
                     weight, bias, space.membership, torch.tensor([vocab.stoi[w] for w in space.words]),
                     video=cfg.is_video)

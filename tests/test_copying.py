@@ -32,10 +32,12 @@ def copy_model(**kw):
     return build_model(cfg, len(vocab), vocab=vocab).eval(), vocab
 
 
-@pytest.mark.parametrize("attention", [False, True])
-def test_mixture_is_normalised_and_stepping_equals_teacher_forcing(attention):
-    model, vocab = copy_model(attention=attention)
-    feats = torch.randn(B, 49 if attention else 1, 1280).relu()
+@pytest.mark.parametrize("kw, positions", [({}, 1), ({"attention": True}, 49), ({"temporal": "gru",
+                         "temporal_bidirectional": True, "num_frames": 4}, 4), ({"temporal": "mean", "num_frames": 4}, 4)],
+                         ids=["global", "attention", "video-bigru", "video-mean"])
+def test_mixture_is_normalised_and_stepping_equals_teacher_forcing(kw, positions):
+    model, vocab = copy_model(**kw)
+    feats = torch.randn(B, positions, 1280).relu()
     tokens = torch.randint(4, len(vocab), (B, T))  # copy-only words as inputs too
     out = model.decoder(feats, tokens)
     assert out.logits.shape == (B, T, len(vocab))
