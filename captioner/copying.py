@@ -46,9 +46,9 @@ class CopyHead(nn.Module):
         noun_of = torch.full((vocab_size,), -1, dtype=torch.long)
         noun_of[noun_ids] = torch.arange(len(noun_ids))
         self.register_buffer("noun_of", noun_of)  # (V,) noun index of a vocabulary id, -1 if none
-        self.key = nn.Linear(Ev, hidden_dim, bias=False)  # v_k -> the space the hidden state is compared in
         self.copy_embed = nn.Linear(Ev, embed_dim)  # input embedding of copy-only words
-        self.gate = nn.Linear(hidden_dim + embed_dim + feature_dim, 1)
+        # the gate also reads how sure the CNN is of its best noun
+        self.gate = nn.Linear(hidden_dim + embed_dim + feature_dim + 1, 1)
 
     # --- candidates -----------------------------------------------------------------------------------------
     def class_probs(self, features: torch.Tensor) -> torch.Tensor:
@@ -60,12 +60,11 @@ class CopyHead(nn.Module):
         return torch.softmax(features.float().mean(1) @ w.t() + b, dim=-1)
 
     def init_state(self, features: torch.Tensor, summary: torch.Tensor, state: State) -> State:
-        """Adds the image's K candidates: cand_ids (B,K) vocab ids, cand_logp (B,K), cand_key (B,K,H)."""
+        """Adds the image's K candidates: cand_ids (B,K) vocab ids and cand_logp (B,K)."""
         noun_p = self.class_probs(features) @ self.membership.float()  # (B,N)
         top_p, top_i = noun_p.topk(min(self.k, noun_p.size(1)), dim=1)  # (B,K)
         state["cand_ids"] = self.noun_ids[top_i]
         state["cand_logp"] = top_p.clamp(min=1e-8).log()
-        state["cand_key"] = self.key(self.noun_visual[top_i].float())  # (B,K,H)
         state["image"] = summary  # (B,E) for the gate
         return state
 
@@ -89,19 +88,18 @@ class CopyHead(nn.Module):
         per position, a word id whose generation path is closed (the copy path must produce it; training's
         simulation of novel words), or -1. Impossible words get IMPOSSIBLE, not -inf, so no gradient is NaN."""
         steps = gen_logits.dim() == 3
-        image = state["image"].unsqueeze(1).expand(-1, h.size(1), -1) if steps else state["image"]
+        image = torch.cat([state["image"], state["cand_logp"][:, :1]], dim=-1)  # (B,E+1)
+        image = image.unsqueeze(1).expand(-1, h.size(1), -1) if steps else image
         z = self.gate(torch.cat([h, x, image], dim=-1))  # (...,1) gate logit: g = sigmoid(z)
         gen = F.pad(F.log_softmax(gen_logits, dim=-1), (0, self.vocab_size - self.gen_size), value=IMPOSSIBLE)
         if hide is not None:  # (...,V): the hidden word's generation path closed
             closed = F.one_hot(hide.clamp(min=0), self.vocab_size).bool() & (hide >= 0).unsqueeze(-1)
             gen = gen.masked_fill(closed, IMPOSSIBLE)
-        keys, cand_logp, cand_ids = state["cand_key"], state["cand_logp"], state["cand_ids"]  # (B,K,H), (B,K)
+        cand_logp, cand_ids = state["cand_logp"], state["cand_ids"]  # (B,K)
         if steps:
-            scores = torch.einsum("bkh,bth->btk", keys, h)  # (B,T,K)
-            cand_logp, cand_ids = cand_logp.unsqueeze(1).expand_as(scores), cand_ids.unsqueeze(1).expand_as(scores)
-        else:
-            scores = torch.einsum("bkh,bh->bk", keys, h)  # (B,K)
-        copy = F.log_softmax(scores + cand_logp, dim=-1)  # (...,K)
+            shape = (*h.shape[:2], cand_ids.size(1))  # (B,T,K)
+            cand_logp, cand_ids = cand_logp.unsqueeze(1).expand(shape), cand_ids.unsqueeze(1).expand(shape)
+        copy = F.log_softmax(cand_logp, dim=-1)  # (...,K)
         copied = torch.full_like(gen, IMPOSSIBLE).scatter(-1, cand_ids, copy)  # (...,V); candidates are distinct
         return torch.logaddexp(F.logsigmoid(z) + gen, F.logsigmoid(-z) + copied)
 

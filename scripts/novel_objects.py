@@ -49,12 +49,12 @@ def mentions_held_out(captions: list[str]) -> bool:
     return any(forms & set(tokenize(c)) for c in captions)
 
 
-def train(train_set, val_set, out: str, copy: int, epochs: int) -> str:
+def train(train_set, val_set, out: str, copy: int, epochs: int, copy_hide: float = 1.0) -> str:
     """The default model's recipe (scripts/train_default.sh), optionally with the copy decoder."""
     if os.path.isfile(os.path.join(out, "best.pt")) and os.path.isfile(os.path.join(out, "done")):
         print(f"reusing {out}/best.pt")
         return os.path.join(out, "best.pt")
-    tcfg = TrainConfig(epochs=epochs, patience=5, batch_size=64)
+    tcfg = TrainConfig(epochs=epochs, patience=5, batch_size=64, copy_hide=copy_hide)
     vocab = Vocabulary.build((c for it in train_set.items for c in it.captions), tcfg.min_freq, tcfg.max_vocab)
     if copy:
         vocab = vocab.extend(NounSpace(load_table()).words)
