@@ -7,7 +7,8 @@ The model is loaded once at start; requests go through Gradio's queue (`concurre
 `max_queue` waiting). Uploads over MAX_VIDEO_MB are refused by Gradio's upload route, images over
 MAX_UPLOAD_MB by the handler; handlers decode with the CLI's safe readers (`media.load_image`,
 `media.read_video_frames`) and turn every user error into a one-line gr.Error, never a traceback. The heatmap
-is Show, Attend and Tell's (Xu et al., 2015) soft attention of each word over the encoder's grid, upsampled and blended over the crop the model saw.
+is Show, Attend and Tell's (Xu et al., 2015) soft attention of each word over the encoder's grid, upsampled
+and blended over the crop the model saw.
 
 Gradio is imported inside functions only, so `import captioner` never needs it.
 """

@@ -28,7 +28,8 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     from .cli import DEFAULT_CHECKPOINT, _add_decode_flags  # lazy: cli.py imports this module
 
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image or video file, folder (searched recursively), glob (quote it) or .txt file listing paths")
+                   help="image or video file, folder (searched recursively), glob (quote it) or .txt file "
+                        "listing paths")
     p.add_argument("--out", required=True, help="results file: .jsonl or .csv; appended to and resumed from")
     p.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=32)

@@ -147,7 +147,9 @@ class Captioner:
         return self._caption_and_see(media, cfg)[0]
 
     @torch.no_grad()
-    def _caption_and_see(self, media, cfg: DecodeConfig | None) -> tuple[list[list[Hypothesis]], list[list[Candidate]]]:
+    def _caption_and_see(self, media, cfg: DecodeConfig | None
+                         ) -> tuple[list[list[Hypothesis]], list[list[Candidate]]]:
+        """Hypotheses per input, and what the CNN sees in it (nouns.py)."""
         feats, class_probs = self.model.encode_and_classify(media_to(media, self.device))  # (B,P,E)|(B,F,E), (B,C)
         hyps = decode(self.model.decoder, feats, self.vocab, cfg or self.decode_config)
         seen = default_nouns().candidates(class_probs) if class_probs is not None else [[] for _ in hyps]

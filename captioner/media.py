@@ -157,7 +157,8 @@ def open_video(path: str | os.PathLike) -> Iterator[tuple["av.container.InputCon
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"{path}: not a readable video ({_av_reason(exc)}); expected mp4, avi, mov, webm, ...") from None
+        raise MediaError(f"{path}: not a readable video ({_av_reason(exc)}); "
+                         f"expected mp4, avi, mov, webm, ...") from None
     try:
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"

@@ -35,6 +35,23 @@ def _init_distributed(device_name: str) -> tuple[int, torch.device | None]:
     return dist.get_rank(), torch.device("cpu")
 
 
+def describe(model, vocab: Vocabulary, device: torch.device) -> str:
+    """One line saying what is being trained."""
+    cfg = model.cfg
+    decoder = [cfg.rnn]
+    if cfg.attention:
+        decoder.append("with attention")
+    if cfg.is_video:
+        decoder.append(f"video model ({cfg.temporal} over {cfg.num_frames} frames)")
+    if cfg.copy_nouns:
+        decoder.append(f"copying from {cfg.copy_nouns} candidate nouns")
+    words = f"{vocab.generated} words" + (f" + {len(vocab) - vocab.generated} copy-only nouns"
+                                          if len(vocab) > vocab.generated else "")
+    return (f"model: {cfg.backbone} ({model.encoder.weights_source}, "
+            f"{'frozen' if model.encoder.frozen else 'fine-tuning'}) -> {', '.join(decoder)}; "
+            f"vocabulary {words}; device {device}")
+
+
 def cmd_train(args: argparse.Namespace, model_overrides: dict[str, Any], train_overrides: dict[str, Any]) -> int:
     rank, dist_device = _init_distributed(args.device)
     try:
@@ -79,14 +96,7 @@ def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_over
         if mcfg.copy_nouns:  # the table's nouns join the vocabulary as copy-only words
             vocab = vocab.extend(NounSpace(load_table()).words)
         model = build_model(mcfg, len(vocab), vocab=vocab)
-    log(f"model: {model.cfg.backbone} ({model.encoder.weights_source}, "
-               f"{'frozen' if model.encoder.frozen else 'fine-tuning'}) -> {model.cfg.rnn} "
-               f"{'with attention' if model.cfg.attention else ''}"
-               f"{f'video model ({model.cfg.temporal} over {model.cfg.num_frames} frames)' if model.cfg.is_video else ''}"
-               f"{f'; copying from {model.cfg.copy_nouns} candidate nouns' if model.cfg.copy_nouns else ''}"
-               f"; vocabulary {vocab.generated} words"
-               f"{f' + {len(vocab) - vocab.generated} copy-only nouns' if len(vocab) > vocab.generated else ''}"
-               f"; device {device}")
+    log(describe(model, vocab, device))
     meta = {"data": os.path.abspath(args.data), "images": args.images and os.path.abspath(args.images),
             "format": train_set.format, "split": args.split, "train_images": len(train_set.items),
             "val_data": args.val_data and os.path.abspath(args.val_data),
