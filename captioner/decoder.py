@@ -187,6 +187,11 @@ class CaptionDecoder(nn.Module):
             # Fast path: the whole sequence in one fused RNN call; equal to stepping (tested).
             x = self._embed(tokens)  # (B,T,D)
             out, _ = self.rnn(x, self._rnn_hidden(state))  # (B,T,H)
+            if targets is not None and self.copy is None:
+                # With the targets known, the output layer (the largest matmul) runs on real words only, not
+                # on PAD: logits (1,N,V) for the N non-PAD targets, returned with those targets (1,N).
+                real = targets != 0  # (B,T)
+                return DecoderOutput(self._logits(out[real]).unsqueeze(0), None, targets[real].unsqueeze(0))
             return DecoderOutput(self._output(out, x, state, hide), None, targets)
         logits, alphas = [], []
         prev = tokens[:, 0]

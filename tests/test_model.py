@@ -57,6 +57,27 @@ def test_teacher_forcing_equals_stepping(rnn, attention):
         assert torch.allclose(log_probs, torch.log_softmax(logits[:, t], -1), atol=1e-5)
 
 
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+def test_loss_over_real_words_only_equals_the_masked_loss(rnn):
+    """Given the targets, the fast path runs the output layer on non-PAD positions only: same loss, same grads."""
+    torch.manual_seed(0)
+    dec = CaptionDecoder(V, E, small_cfg(rnn=rnn)).eval()
+    feats, tokens = torch.randn(B, 1, E), torch.randint(1, V, (B, T))
+    targets = torch.randint(1, V, (B, T))
+    targets[0, 4:] = 0  # padded captions
+    targets[2, 2:] = 0
+    full = caption_loss(dec(feats, tokens).logits, targets)
+    full.backward()
+    grads = [p.grad.clone() for p in dec.parameters()]
+    dec.zero_grad()
+    out = dec(feats, tokens, targets=targets)
+    assert out.logits.shape == (1, int((targets != 0).sum()), V)
+    real = caption_loss(out.logits, out.targets)
+    real.backward()
+    assert torch.allclose(full, real, atol=1e-6)
+    assert all(torch.allclose(g, p.grad, atol=1e-6) for g, p in zip(grads, dec.parameters()))
+
+
 def test_weight_tying_shares_the_embedding():
     dec = CaptionDecoder(V, E, small_cfg(tie_weights=True))
     assert dec.fc.weight is dec.embed.weight
