@@ -28,6 +28,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .copying import CopyHead
+from .vocab import Vocabulary
 
 State = dict[str, torch.Tensor]
 
@@ -181,7 +182,7 @@ class CaptionDecoder(nn.Module):
         state = self.init_state(features)
         hide = None
         if self.copy is not None and targets is not None:
-            targets = self.copy.trainable_targets(targets, state, unk_id=3)
+            targets = self.copy.trainable_targets(targets, state, unk_id=Vocabulary.unk_id)
             hide = self.copy.hide_mask(targets, state, hide_prob) if hide_prob > 0 else None
         if self.attention is None and sampling_prob == 0.0:
             # Fast path: the whole sequence in one fused RNN call; equal to stepping (tested).
@@ -190,7 +191,7 @@ class CaptionDecoder(nn.Module):
             if targets is not None and self.copy is None:
                 # With the targets known, the output layer (the largest matmul) runs on real words only, not
                 # on PAD: logits (1,N,V) for the N non-PAD targets, returned with those targets (1,N).
-                real = targets != 0  # (B,T)
+                real = targets != Vocabulary.pad_id  # (B,T)
                 return DecoderOutput(self._logits(out[real]).unsqueeze(0), None, targets[real].unsqueeze(0))
             return DecoderOutput(self._output(out, x, state, hide), None, targets)
         logits, alphas = [], []
