@@ -247,11 +247,10 @@ class _ImageHandlers:
         with _user_errors("video", path, name):
             cfg, notes = decode_settings(self.captioner.decode_config, method, beam_size, num_captions,
                                          length_penalty, max_len, temperature)
+            # read once: the same frames make the caption and the gallery
             clip = read_video_frames(path, self.captioner.model.cfg.num_frames,
                                      short_side=self.captioner.transform.short_side)
-            result = self.captioner.caption_detailed([path], decode=cfg)[0]
-            if result.error:
-                raise CaptionerError(result.error)
+            result = self.captioner.caption_detailed([clip], decode=cfg)[0]
             window = parse_window("10s") if timed == "auto" else None if timed == "off" else parse_window(timed)
             segments, vtt = [], None
             if window is not None and (timed != "auto" or clip.info.duration > LONG_CLIP_S):

@@ -265,8 +265,8 @@ def requiring(step_fn: StepFn, eos_id: int) -> StepFn:
         said = state["said"] | (tokens.unsqueeze(1) == must).any(1)  # (N,)
         log_probs, state = step_fn(tokens, state)
         blocked = ~said & (must >= 0).any(1)  # (N,)
-        log_probs = log_probs.masked_fill(blocked.unsqueeze(1) & (torch.arange(log_probs.size(1),
-                                          device=log_probs.device) == eos_id), NEG_INF)
+        log_probs = log_probs.clone()
+        log_probs[blocked, eos_id] = NEG_INF
         return log_probs, {**state, "said": said}
     return step
 

@@ -20,13 +20,14 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
 from .decoding import Hypothesis, decode
 from .errors import CaptionerError, ConfigError, MediaError
-from .media import VIDEO_EXTENSIONS, build_transform, is_video, load_media_tensor, media_to, stack_or_list
+from .media import (VIDEO_EXTENSIONS, Clip, build_transform, clip_tensor, is_video, load_media_tensor, media_to,
+                    stack_or_list)
 from .model import CaptionModel
 from .nouns import Candidate, default_nouns
 from .segments import Segment, caption_segments
 from .vocab import Vocabulary
 
-ImageInput = "str | os.PathLike | Image.Image"
+ImageInput = "str | os.PathLike | Image.Image | Clip"
 
 
 @dataclass
@@ -89,9 +90,9 @@ class Captioner:
 
     def caption_detailed(self, inputs: Sequence[ImageInput], batch_size: int = 16,
                          decode: DecodeConfig | None = None, **decode_options) -> list[CaptionResult]:
-        """One CaptionResult per input (image or video file, or PIL image), in order. An unreadable file gives
-        a result with `error` set; the other inputs are still captioned. `decode_options` override fields of
-        the decoding config."""
+        """One CaptionResult per input (image or video file, PIL image, or media.Clip already read), in
+        order. An unreadable file gives a result with `error` set; the other inputs are still captioned.
+        `decode_options` override fields of the decoding config."""
         cfg = replace(decode or self.decode_config, **decode_options)
         cfg.validate()
         results = [CaptionResult(_name(x, i)) for i, x in enumerate(inputs)]
@@ -135,9 +136,11 @@ class Captioner:
                                 window=window, progress=progress)
 
     def _load(self, x: Any) -> torch.Tensor:
-        """An input -> (3,H,W) for images, (F,3,H,W) for videos."""
+        """An input -> (3,H,W) for images, (F,3,H,W) for videos and clips already read."""
         if isinstance(x, Image.Image):
             return self.transform(x.convert("RGB"))
+        if isinstance(x, Clip):
+            return clip_tensor(x, self.transform)
         return load_media_tensor(x, self.transform, self.model.cfg.num_frames)
 
     @torch.no_grad()
@@ -157,4 +160,6 @@ class Captioner:
 
 
 def _name(x: Any, i: int) -> str:
-    return f"<image {i}>" if isinstance(x, Image.Image) else os.fspath(x)
+    if isinstance(x, (Image.Image, Clip)):
+        return f"<{'image' if isinstance(x, Image.Image) else 'clip'} {i}>"
+    return os.fspath(x)

@@ -101,9 +101,14 @@ def load_media_tensor(path: str | os.PathLike, transform: T.Compose, num_frames:
     """An image file -> (3,H,W); a video file (by extension) -> its `num_frames` uniformly sampled frames,
     each through the same transform: (F,3,H,W)."""
     if is_video(path):
-        clip = read_video_frames(path, num_frames, short_side=getattr(transform, "short_side", None))
-        return torch.stack([transform(f) for f in clip.frames])
+        return clip_tensor(read_video_frames(path, num_frames, short_side=getattr(transform, "short_side", None)),
+                           transform)
     return load_image_tensor(path, transform)
+
+
+def clip_tensor(clip: "Clip", transform: T.Compose) -> torch.Tensor:
+    """A clip's frames, each through the transform: (F,3,H,W)."""
+    return torch.stack([transform(f) for f in clip.frames])
 
 
 def stack_or_list(tensors: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:

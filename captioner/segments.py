@@ -71,18 +71,16 @@ def _windows(duration: float, window: float, num_frames: int) -> tuple[list[floa
     return times, owner, bounds
 
 
-def _frame_batches(path: str, times: list[float], transform: Callable, size: int
-                   ) -> Iterator[tuple[list[float], torch.Tensor]]:
-    """(timestamps, frames (N,3,H,W)) in batches of `size`, streamed from the video."""
-    stamps, frames = [], []
-    for t, img in iter_frames_at(path, times, short_side=getattr(transform, "short_side", None)):
-        stamps.append(t)
+def _frame_batches(path: str, times: list[float], transform: Callable, size: int) -> Iterator[torch.Tensor]:
+    """The frames at `times`, transformed, in batches (N,3,H,W) of `size`, streamed from the video."""
+    frames = []
+    for _, img in iter_frames_at(path, times, short_side=getattr(transform, "short_side", None)):
         frames.append(transform(img))
         if len(frames) == size:
-            yield stamps, torch.stack(frames)
-            stamps, frames = [], []
+            yield torch.stack(frames)
+            frames = []
     if frames:
-        yield stamps, torch.stack(frames)
+        yield torch.stack(frames)
 
 
 @torch.no_grad()
@@ -91,7 +89,7 @@ def _sampled_features(model, path: str, times: list[float], transform: Callable,
     """(wanted time, CNN features (P,E)) per sampled frame, streamed."""
     bar = tqdm(total=len(times), desc="video frames", unit="frame", disable=not progress, leave=False)
     k = 0
-    for _stamps, frames in _frame_batches(path, times, transform, batch):
+    for frames in _frame_batches(path, times, transform, batch):
         for f in model.frame_features(frames.to(device)):  # (N,P,E) -> each (P,E)
             yield times[k], f
             k += 1
