@@ -12,8 +12,8 @@ import sys
 from dataclasses import fields
 from typing import Any, Sequence
 
-from .config import (DATASET_FORMATS, DECODE_METHODS, RNN_TYPES, SCHEDULERS, TEMPORAL, DecodeConfig, ModelConfig,
-                     TrainConfig)
+from .config import (DATASET_FORMATS, DECODE_METHODS, OBJECTIVES, RNN_TYPES, SCHEDULERS, TEMPORAL, DecodeConfig,
+                     ModelConfig, TrainConfig)
 from .errors import CaptionerError, ConfigError
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
@@ -63,8 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-cache", dest="cache_features", action="store_false", default=None,
                    help="encode images every epoch instead of caching frozen-encoder features")
     d.add_argument("--resume", help="continue a run from its last.pt (model, optimizer, epoch, RNG)")
+    d.add_argument("--init", metavar="CKPT",
+                   help="start from a trained model's weights and vocabulary (a new run: fresh optimizer, epoch 1); "
+                        "how --objective cider fine-tunes a cross-entropy model")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    m = t.add_argument_group("model (ignored with --resume)")
+    m = t.add_argument_group("model (ignored with --resume or --init)")
     m.add_argument("--backbone", help="CNN encoder (default efficientnet_lite0)")
     m.add_argument("--encoder-weights", dest="encoder_weights", help="none | pretrained | PATH to a state dict")
     m.add_argument("--fine-tune-encoder", dest="fine_tune_encoder", type=int, help="train the last N stages")
@@ -98,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--alpha-c", dest="alpha_c", type=float, help="doubly stochastic attention weight")
     o.add_argument("--copy-hide", dest="copy_hide", type=float,
                    help="copy models: how often a caption noun the CNN sees must be copied, not generated")
+    o.add_argument("--objective", choices=OBJECTIVES,
+                   help="xent: cross-entropy with teacher forcing; cider: self-critical sequence training, which "
+                        "maximises the CIDEr-D of sampled captions (fine-tune an xent model: --init CKPT, small --lr)")
+    o.add_argument("--scst-samples", dest="scst_samples", type=int,
+                   help="objective cider: captions sampled per image (each one's baseline is the others' mean)")
     o.add_argument("--patience", type=int, help="early stopping patience in epochs, 0 = off")
     o.add_argument("--min-freq", dest="min_freq", type=int, help="min word count for the vocabulary")
     o.add_argument("--max-vocab", dest="max_vocab", type=int)

@@ -22,6 +22,9 @@ DATASET_FORMATS = ("coco", "karpathy", "flickr8k", "jsonl", "csv", "msrvtt", "ms
 # 2015).
 TEMPORAL = ("none", "mean", "attention", "lstm", "gru")
 SCHEDULERS = ("plateau", "cosine", "none")
+# What training minimises: "xent" = cross-entropy with teacher forcing; "cider" = self-critical sequence
+# training (Rennie et al. 2017): the expected CIDEr-D of the model's own sampled captions (see scst.py).
+OBJECTIVES = ("xent", "cider")
 
 
 def _from_dict(cls: type[C], data: dict[str, Any]) -> C:
@@ -117,8 +120,15 @@ class TrainConfig:
     # copy models: how often a caption noun the CNN also sees must be copied rather than generated, which
     # teaches the gate to copy words it has never generated (novel-object simulation; 1.0 measured best)
     copy_hide: float = 1.0
+    objective: str = "xent"
+    scst_samples: int = 5  # objective "cider": captions sampled per image; each one's baseline is the others' mean
 
     def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        if self.scst_samples < 2:
+            raise ConfigError(f"scst_samples must be >= 2 (each sample's baseline is the others' mean), "
+                              f"got {self.scst_samples}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
         for name in ("epochs", "batch_size", "max_len", "min_freq", "max_vocab"):

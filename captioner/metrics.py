@@ -109,25 +109,36 @@ def _cider_similarity(hyp: tuple[list[dict], list[float], int], ref: tuple[list[
     return sims
 
 
+class CiderD:
+    """CIDEr-D of hypotheses against a fixed reference corpus refs[i] (one list of tokenized references per
+    image): document frequencies and reference tf-idf vectors are computed once, so scoring many hypotheses
+    (self-critical training scores thousands per epoch) costs only the hypotheses' own vectors."""
+
+    def __init__(self, refs: list[list[Tokens]], n: int = CIDER_N, sigma: float = CIDER_SIGMA):
+        self.n, self.sigma = n, sigma
+        ref_counts = [[_ngram_counts(r, n) for r in rs] for rs in refs]
+        self.df = Counter(g for counts in ref_counts for g in set().union(*counts))  # images whose refs hold it
+        self.log_images = math.log(len(refs))
+        self.refs = [[self._vector(r, c) for r, c in zip(rs, counts)] for rs, counts in zip(refs, ref_counts)]
+
+    def _vector(self, tokens: Tokens, counts: Counter) -> tuple[list[dict], list[float], int]:
+        return (*_tfidf(counts, self.df, self.log_images, self.n), len(tokens))
+
+    def score(self, i: int, hyp: Tokens) -> float:
+        """CIDEr-D of one tokenized hypothesis against image i's references."""
+        hyp_vec = self._vector(hyp, _ngram_counts(hyp, self.n))
+        per_order = [0.0] * self.n
+        for ref_vec in self.refs[i]:
+            per_order = [a + b for a, b in zip(per_order, _cider_similarity(hyp_vec, ref_vec, self.sigma))]
+        return 10.0 * sum(per_order) / self.n / len(self.refs[i])  # mean over orders and references, x10
+
+
 def cider_d_scores(refs: list[list[Tokens]], hyps: list[Tokens], n: int = CIDER_N,
                    sigma: float = CIDER_SIGMA) -> list[float]:
     """Per-image CIDEr-D of tokenized captions; document frequencies come from these references only, so the
     score depends on the evaluated set (and is 0 for a set of one image, where every idf is log 1 = 0)."""
-    ref_counts = [[_ngram_counts(r, n) for r in rs] for rs in refs]
-    df = Counter(g for counts in ref_counts for g in set().union(*counts))  # images whose refs hold the n-gram
-    log_images = math.log(len(refs))
-
-    def vector(tokens: Tokens, counts: Counter) -> tuple[list[dict], list[float], int]:
-        return (*_tfidf(counts, df, log_images, n), len(tokens))
-
-    scores = []
-    for rs, counts, hyp in zip(refs, ref_counts, hyps):
-        hyp_vec = vector(hyp, _ngram_counts(hyp, n))
-        per_order = [0.0] * n
-        for r, c in zip(rs, counts):
-            per_order = [a + b for a, b in zip(per_order, _cider_similarity(hyp_vec, vector(r, c), sigma))]
-        scores.append(10.0 * sum(per_order) / n / len(rs))  # mean over orders and references, scaled by 10
-    return scores
+    scorer = CiderD(refs, n, sigma)
+    return [scorer.score(i, hyp) for i, hyp in enumerate(hyps)]
 
 
 # --- ROUGE-L -----------------------------------------------------------------------------------------------

@@ -64,7 +64,14 @@ def cmd_train(args: argparse.Namespace, model_overrides: dict[str, Any], train_o
 def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_overrides: dict[str, Any],
            rank: int, dist_device: torch.device | None) -> int:
     log = tqdm.write if rank == 0 else (lambda msg: None)
-    resume = None
+    resume = init = None
+    if args.resume and args.init:
+        raise ConfigError("give --resume (continue a run) or --init (start a new run from a model), not both")
+    if args.init:
+        init = load_checkpoint(args.init)
+        if model_overrides:
+            raise ConfigError(f"--init takes the model from {args.init}; drop the model flags "
+                              f"({', '.join(sorted(model_overrides))})")
     if args.resume:
         resume = load_checkpoint(args.resume)
         if "optimizer_state" not in resume:
@@ -89,6 +96,9 @@ def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_over
     if resume is not None:
         model, vocab = model_from_checkpoint(resume, args.resume)
         tcfg = TrainConfig.from_dict({**resume["train_config"], **train_overrides})
+    elif init is not None:
+        model, vocab = model_from_checkpoint(init, args.init)
+        tcfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **train_overrides})
     else:
         mcfg = ModelConfig.from_dict({**ModelConfig().to_dict(), **model_overrides})
         tcfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **train_overrides})
@@ -96,11 +106,24 @@ def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_over
         if mcfg.copy_nouns:  # the table's nouns join the vocabulary as copy-only words
             vocab = vocab.extend(NounSpace(load_table()).words)
         model = build_model(mcfg, len(vocab), vocab=vocab)
+    if tcfg.objective == "cider":
+        if resume is None and init is None:
+            raise ConfigError("--objective cider fine-tunes a trained model: give --init CKPT (the best.pt of a "
+                              "cross-entropy run)")
+        if model.cfg.copy_nouns:
+            raise ConfigError("--objective cider does not train copy models (--copy-nouns); train them with "
+                              "--objective xent")
     log(describe(model, vocab, device))
     meta = {"data": os.path.abspath(args.data), "images": args.images and os.path.abspath(args.images),
             "format": train_set.format, "split": args.split, "train_images": len(train_set.items),
             "val_data": args.val_data and os.path.abspath(args.val_data),
             "val_images": args.val_images and os.path.abspath(args.val_images), "val_split": args.val_split}
+    if init is not None:  # the checkpoint keeps describing itself: where its starting weights came from
+        meta["init"] = {"checkpoint": os.path.abspath(args.init), "data": init.get("data"),
+                        "train_config": init.get("train_config"), "epoch": init.get("epoch"),
+                        "scores": init.get("scores")}
+    elif resume is not None and stored.get("init"):
+        meta["init"] = stored["init"]
     summary = fit(model, vocab, train_set, val_set, tcfg, args.out, device, resume=resume,
                   cache_dir=args.cache_dir or default_cache_dir(), meta=meta, progress=not args.quiet, log=log)
     if summary["stopped"]:

@@ -1,5 +1,6 @@
 """Training: teacher forcing with masked cross-entropy, backpropagation through the whole caption, gradient
 clipping, per-epoch validation by BLEU-4 of *generated* (greedy) captions, early stopping, exact resume.
+With objective "cider", the epochs are self-critical sequence training instead (scst.py).
 
 Shapes: B batch, T caption steps, V vocab, P positions, E feature.
 
@@ -27,10 +28,12 @@ from .checkpoint import model_payload, save_checkpoint
 from .config import DecodeConfig, TrainConfig
 from .datasets import CaptionPairs, CaptionSet, collate_pairs
 from .decoding import decode
+from .errors import ConfigError
 from .features import encode_images
 from .media import build_transform, load_media_tensor, media_to
 from .metrics import caption_metrics
 from .model import CaptionModel
+from .scst import scst_epoch, training_scorer
 from .stopping import stop_requests
 from .vocab import Vocabulary
 
@@ -106,6 +109,8 @@ class EpochStats:
     tokens: int = 0
     batches: int = 0  # batches done in this epoch, including those before a resume
     grad_norm_sum: float = 0.0  # sum over batches of the global gradient norm before clipping
+    reward_sum: float = 0.0  # objective "cider": sum of the sampled captions' CIDEr-D
+    samples: int = 0  # objective "cider": captions sampled
     stopped: bool = False
 
     @property
@@ -115,6 +120,10 @@ class EpochStats:
     @property
     def grad_norm(self) -> float:
         return self.grad_norm_sum / max(self.batches, 1)
+
+    @property
+    def reward(self) -> float:
+        return self.reward_sum / max(self.samples, 1)
 
 
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -239,10 +248,11 @@ def _all_ranks_agree(local: Callable[[], bool], world: int) -> Callable[[], bool
 def _sum_over_ranks(stats: EpochStats, world: int) -> EpochStats:
     if world == 1:
         return stats
-    t = torch.tensor([stats.loss_sum, float(stats.tokens), stats.grad_norm_sum, float(stats.batches)],
-                     dtype=torch.float64)
+    t = torch.tensor([stats.loss_sum, float(stats.tokens), stats.grad_norm_sum, stats.reward_sum,
+                      float(stats.samples)], dtype=torch.float64)
     dist.all_reduce(t)
-    return EpochStats(float(t[0]), int(t[1]), stats.batches, float(t[2]) / world, stats.stopped)
+    return EpochStats(float(t[0]), int(t[1]), stats.batches, float(t[2]) / world, float(t[3]), int(t[4]),
+                      stats.stopped)
 
 
 class _RunLog:
@@ -308,7 +318,8 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             scheduler.load_state_dict(resume["scheduler_state"])
         run.update({k: resume[k] for k in run if k in resume})
         stats = EpochStats(resume.get("epoch_loss_sum", 0.0), resume.get("epoch_tokens", 0), resume.get("batch", 0),
-                           resume.get("epoch_grad_norm_sum", 0.0))
+                           resume.get("epoch_grad_norm_sum", 0.0), resume.get("epoch_reward_sum", 0.0),
+                           resume.get("epoch_samples", 0))
         _set_rng_state(resume["rng"])
     trained = model
     if world > 1:
@@ -333,6 +344,12 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
         else:
             load = _Media(paths, build_transform(model.transform_spec, train=True), model.cfg.num_frames)
         pairs = CaptionPairs(train_set.items, vocab, load, cfg.max_len)
+        scst = cfg.objective == "cider"
+        if scst:
+            if not cached:
+                raise ConfigError("--objective cider trains on cached features: it needs a frozen encoder "
+                                  "and the feature cache (drop --no-cache / --fine-tune-encoder)")
+            scorer = training_scorer([it.captions for it in train_set.items])
         val_feats = None
 
         def save(name: str, epoch: int, with_training_state: bool) -> None:
@@ -345,22 +362,31 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             if with_training_state:
                 payload.update(optimizer_state=optimizer.state_dict(), rng=_rng_state(), batch=stats.batches,
                                epoch_loss_sum=stats.loss_sum, epoch_tokens=stats.tokens,
-                               epoch_grad_norm_sum=stats.grad_norm_sum,
+                               epoch_grad_norm_sum=stats.grad_norm_sum, epoch_reward_sum=stats.reward_sum,
+                               epoch_samples=stats.samples,
                                scheduler_state=scheduler.state_dict() if scheduler is not None else None)
             save_checkpoint(os.path.join(out_dir, name), payload)
 
         for epoch in range(run["epoch"], cfg.epochs):
             t0 = time.time()
             sampling = cfg.scheduled_sampling * epoch / max(1, cfg.epochs - 1)  # linear ramp from 0
-            sampler = EpochSampler(len(pairs), cfg.seed, epoch, stats.batches * cfg.batch_size, rank, world)
+            desc = f"epoch {epoch + 1}/{cfg.epochs}"
+            # Cross-entropy goes over (image, caption) pairs; SCST over images, each sampled scst_samples times.
+            sampler = EpochSampler(len(train_set.items) if scst else len(pairs), cfg.seed, epoch,
+                                   stats.batches * cfg.batch_size, rank, world)
             # A private generator: DataLoader draws worker seeds from it, not from the global RNG, whose
             # state is saved for exact resume (a resumed epoch creates one iterator more than a straight run).
-            loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_pairs,
+            loader = DataLoader(range(len(train_set.items)) if scst else pairs, batch_size=cfg.batch_size,
+                                sampler=sampler, collate_fn=None if scst else collate_pairs,
                                 num_workers=0 if cached else cfg.num_workers, pin_memory=device.type == "cuda",
                                 generator=torch.Generator().manual_seed(cfg.seed + epoch))
-            stats = train_one_epoch(trained, loader, optimizer, device, cfg, cached=cached, sampling_prob=sampling,
-                                    stats=stats, should_stop=stop,
-                                    desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress)
+            if scst:
+                stats = scst_epoch(trained, model.decoder, feats, scorer, vocab, loader, optimizer, device, cfg,
+                                   stats, should_stop=stop, desc=desc, progress=progress)
+            else:
+                stats = train_one_epoch(trained, loader, optimizer, device, cfg, cached=cached,
+                                        sampling_prob=sampling, stats=stats, should_stop=stop, desc=desc,
+                                        progress=progress)
             if stats.stopped:
                 save("last.pt", epoch, True)
                 log(f"stopped in epoch {epoch + 1} after {stats.batches} batches; resume with --resume "
@@ -369,6 +395,8 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
                 return {**run, "stopped": True}
             total = _sum_over_ranks(stats, world)
             record = {"epoch": epoch + 1, "train_loss": round(total.loss, 4), "grad_norm": round(total.grad_norm, 4)}
+            if scst:
+                record["train_cider"] = round(total.reward, 4)  # mean CIDEr-D of the sampled captions
             if val_set is not None:
                 if main_rank:
                     if val_feats is None or not model.encoder.frozen:
@@ -385,7 +413,9 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             # the lowest training loss.
             score = [record["BLEU-4"], -record["val_loss"]] if val_set is not None else [-total.loss, 0.0]
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(record.get("val_loss", total.loss))  # smoother than BLEU on small val sets
+                # Val loss is smoother than BLEU on small val sets; SCST trades cross-entropy for CIDEr-D, so
+                # it follows what it maximises.
+                scheduler.step(-record.get("CIDEr-D", total.reward) if scst else record.get("val_loss", total.loss))
             elif scheduler is not None:
                 scheduler.step()
             record.update(lr=optimizer.param_groups[0]["lr"], seconds=round(time.time() - t0, 1))

@@ -1,0 +1,105 @@
+"""Self-critical sequence training (SCST; Rennie et al., 2017, "Self-critical Sequence Training for Image
+Captioning"): after cross-entropy training, fine-tune the decoder to maximise the CIDEr-D of captions it
+*generates itself*, which removes the exposure bias of teacher forcing and optimises what is evaluated.
+
+Policy gradient (REINFORCE) with a baseline: for each image, K captions w^k are sampled from the model; each
+gets reward r_k = CIDEr-D(w^k, the image's references) and baseline b_k = the mean reward of the other K-1
+samples (Luo, 2020, "A Better Variant of Self-Critical Sequence Training": no extra greedy decode, and
+unbiased). The loss is -sum_k (r_k - b_k) * log p(w^k), summed over each caption's words (its EOS included)
+and divided by the number of words. CIDEr-D's document frequencies come from the training references.
+
+Dropout is off during SCST (the model is in eval mode), so the captions are sampled from exactly the policy
+whose log-probabilities are differentiated.
+
+Shapes: B images, K samples per image, N = B*K rows, T caption steps, V vocabulary, P positions, E feature.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .config import DecodeConfig, TrainConfig
+from .decoding import decode
+from .metrics import CiderD
+from .vocab import Vocabulary, tokenize
+
+
+def training_scorer(references: list[list[str]]) -> CiderD:
+    """CIDEr-D against the training references (references[i]: image i's captions as text)."""
+    return CiderD([[tokenize(r) for r in refs] for refs in references])
+
+
+@torch.no_grad()
+def sample_captions(decoder, feats: torch.Tensor, vocab: Vocabulary, k: int, max_len: int) -> list[list[int]]:
+    """K captions per image sampled from the model (temperature 1, nothing filtered, UNK allowed: SCST learns
+    to avoid it). feats (B,P,E) -> N = B*K word-id lists, image-major, each ending in EOS if it ended."""
+    cfg = DecodeConfig(method="sample", num_captions=k, max_len=max_len, min_len=0, length_penalty=0.0,
+                       suppress_unk=False)
+    hyps = decode(decoder, feats, vocab, cfg)
+    return [h.tokens + ([vocab.eos_id] if h.finished else []) for per_image in hyps for h in per_image]
+
+
+def self_critical_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """rewards (B,K) -> r_k minus the mean of the other K-1 rewards of the same image (B,K)."""
+    k = rewards.size(1)
+    others = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
+    return rewards - others
+
+
+def policy_loss(logits: torch.Tensor, targets: torch.Tensor, advantages: torch.Tensor,
+                pad_id: int = Vocabulary.pad_id) -> torch.Tensor:
+    """-sum (advantage of its caption) * log p(word) over the real words, / their number.
+    logits (N,T,V), targets (N,T) (PAD after each caption), advantages (N,)."""
+    logp = F.log_softmax(logits.float(), dim=-1).gather(2, targets.unsqueeze(2)).squeeze(2)  # (N,T)
+    mask = (targets != pad_id).to(logp.dtype)
+    return -(advantages.unsqueeze(1) * logp * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def scst_epoch(model: torch.nn.Module, decoder, feats: torch.Tensor, scorer: CiderD, vocab: Vocabulary,
+               loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device, cfg: TrainConfig,
+               stats, *, should_stop: Callable[[], bool] = lambda: False, desc: str = "scst",
+               progress: bool = True):
+    """One pass of SCST over the images the loader yields (batches of image indices into feats (N_img,P,E)).
+    `model` is the CaptionModel or its DistributedDataParallel wrapper (its forward computes the gradients),
+    `decoder` the plain decoder that samples. `stats` (training.EpochStats) collects the loss and the mean
+    sampled CIDEr-D (`reward_sum`)."""
+    model.eval()  # dropout off: sample and differentiate the same policy
+    params = [p for p in model.parameters() if p.requires_grad]
+    k = cfg.scst_samples
+    bar = tqdm(total=len(loader.sampler), desc=desc, unit="img", disable=not progress, leave=False,
+               dynamic_ncols=True)
+    for index in loader:  # (B,) image indices
+        x = feats[index].to(device).float()  # (B,P,E)
+        rows = sample_captions(decoder, x, vocab, k, cfg.max_len)  # N = B*K
+        image_of_row = index.repeat_interleave(k).tolist()
+        rewards = torch.tensor([scorer.score(i, [vocab.itos[w] for w in ids if w != vocab.eos_id])
+                                for i, ids in zip(image_of_row, rows)]).view(-1, k)  # (B,K)
+        advantages = self_critical_advantages(rewards).view(-1).to(device)  # (N,)
+        captions = torch.nn.utils.rnn.pad_sequence(
+            [torch.tensor([vocab.bos_id, *ids], dtype=torch.long) for ids in rows], batch_first=True,
+            padding_value=vocab.pad_id).to(device)  # (N,T+1): BOS w1 .. [EOS] PAD..
+        out = model(x.repeat_interleave(k, dim=0), captions[:, :-1])  # logits (N,T,V)
+        loss = policy_loss(out.logits, captions[:, 1:], advantages)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        optimizer.step()
+        n_tok = int((captions[:, 1:] != vocab.pad_id).sum())
+        stats.loss_sum += loss.item() * n_tok
+        stats.tokens += n_tok
+        stats.reward_sum += float(rewards.sum())
+        stats.samples += rewards.numel()
+        stats.grad_norm_sum += float(norm)
+        stats.batches += 1
+        bar.update(len(index))
+        bar.set_postfix(cider=f"{stats.reward:.3f}")
+        if should_stop():
+            stats.stopped = True
+            break
+    bar.close()
+    return stats
