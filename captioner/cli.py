@@ -145,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     _add_decode_flags(e)
 
-    pl = sub.add_parser("plot", help="draw a training run's learning curves (loss, BLEU-4, CIDEr-D, grad norm, lr)")
-    pl.add_argument("run_dir", metavar="RUN_DIR")
-    pl.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    pl = sub.add_parser("plot", help="draw a training run's learning curves (loss, BLEU-4, CIDEr-D, grad norm, lr); "
+                        "several runs that continue each other (e.g. xent, then scst) are drawn one after another")
+    pl.add_argument("run_dir", metavar="RUN_DIR", nargs="+")
+    pl.add_argument("--out", help="PNG path (default: the first RUN_DIR/curves.png)")
 
     i = sub.add_parser("info", help="describe a checkpoint: model, data, scores")
     i.add_argument("checkpoint", nargs="?")

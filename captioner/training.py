@@ -394,9 +394,12 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
                 runlog.close()
                 return {**run, "stopped": True}
             total = _sum_over_ranks(stats, world)
-            record = {"epoch": epoch + 1, "train_loss": round(total.loss, 4), "grad_norm": round(total.grad_norm, 4)}
-            if scst:
-                record["train_cider"] = round(total.reward, 4)  # mean CIDEr-D of the sampled captions
+            if scst:  # the policy-gradient loss is not a cross-entropy: it gets its own name
+                record = {"epoch": epoch + 1, "policy_loss": round(total.loss, 4),
+                          "train_cider": round(total.reward, 4)}  # mean CIDEr-D of the sampled captions
+            else:
+                record = {"epoch": epoch + 1, "train_loss": round(total.loss, 4)}
+            record["grad_norm"] = round(total.grad_norm, 4)
             if val_set is not None:
                 if main_rank:
                     if val_feats is None or not model.encoder.frozen:
@@ -410,8 +413,11 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
                     dist.broadcast_object_list(box, src=0)
                     record = box[0]
             # Model selection: val BLEU-4 of generated captions, ties broken by val loss; without val data,
-            # the lowest training loss.
-            score = [record["BLEU-4"], -record["val_loss"]] if val_set is not None else [-total.loss, 0.0]
+            # the lowest training loss (SCST: the highest CIDEr-D of its samples).
+            if val_set is not None:
+                score = [record["BLEU-4"], -record["val_loss"]]
+            else:
+                score = [total.reward, 0.0] if scst else [-total.loss, 0.0]
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 # Val loss is smoother than BLEU on small val sets; SCST trades cross-entropy for CIDEr-D, so
                 # it follows what it maximises.

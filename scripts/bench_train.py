@@ -6,7 +6,10 @@ Runs, side by side in one process, the same training steps (same model, batch si
 and prints captions/s for each and the ratio a/b, plus the projected seconds per epoch of the default
 recipe (coco2017 train, 11,335 captions) for both.
 
-    python scripts/bench_train.py [--captions 512] [--batch-size 64] [--attention]
+    python scripts/bench_train.py [--captions 512] [--batch-size 64] [--attention] [--backbone efficientnet_lite2]
+
+The default backbone is the default model's (scripts/train_default.sh). Its second stage, self-critical
+training, also runs on cached features; its seconds per epoch are in the run's metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -47,13 +50,14 @@ def main(argv=None) -> None:
     p.add_argument("--captions", type=int, default=512, help="captions per timed pass")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--attention", action="store_true", help="benchmark the attention decoder")
+    p.add_argument("--backbone", default="efficientnet_lite2", help="the frozen encoder (default: the recipe's)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the uncached run")
     args = p.parse_args(argv)
 
     data = read_captions(str(DATA / "annotations" / "captions_train.json"), str(DATA / "images"))
     items = data.items[: (args.captions + 4) // 5]
     vocab = Vocabulary.build((c for it in data.items for c in it.captions), min_freq=5)
-    model = build_model(ModelConfig(attention=args.attention, dropout=0.5), len(vocab))
+    model = build_model(ModelConfig(backbone=args.backbone, attention=args.attention, dropout=0.5), len(vocab))
     cfg = TrainConfig(batch_size=args.batch_size)
     paths = [it.image for it in items]
     feats = encode_images(model, paths, torch.device("cpu"), cache_dir=default_cache_dir(), progress=False)
@@ -64,7 +68,8 @@ def main(argv=None) -> None:
 
     t_cached = timed_epoch(model, cached_pairs, cfg, True, args.workers)
     t_images = timed_epoch(model, image_pairs, cfg, False, args.workers)
-    print(f"{n} captions, batch {args.batch_size}, decoder {'with' if args.attention else 'without'} attention, "
+    print(f"{n} captions, batch {args.batch_size}, {args.backbone}, decoder "
+          f"{'with' if args.attention else 'without'} attention, "
           f"{torch.get_num_threads()} threads")
     print(f"{'mode':<28}{'captions/s':>12}{'s/epoch (coco2017 train)':>28}")
     for name, t in (("(a) cached features", t_cached), ("(b) encode images each step", t_images)):

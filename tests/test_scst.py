@@ -1,10 +1,12 @@
 """Self-critical sequence training: the advantage and loss arithmetic, and a real tiny model that raises the
-CIDEr-D of its own samples; the CLI's --init / --objective checks."""
+CIDEr-D of its own samples; the CLI's --init / --objective checks;
+the two stages' learning curves in one plot."""
 import subprocess
 import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from captioner.checkpoint import load_checkpoint, model_from_checkpoint
 from captioner.config import ModelConfig, TrainConfig
@@ -131,4 +133,16 @@ def test_cli_scst_from_init_records_where_it_started(trained, tmp_path, feature_
     assert ckpt["train_config"]["objective"] == "cider"
     assert ckpt["data"]["init"]["checkpoint"] == str(trained["dir"] / "best.pt")
     assert ckpt["data"]["init"]["train_config"]["objective"] == "xent"
-    assert "train_cider" in ckpt["history"][0]
+    assert "train_cider" in ckpt["history"][0] and "train_loss" not in ckpt["history"][0]
+
+    # The two stages' learning curves, one after the other
+    png = tmp_path / "curves.png"
+    proc = subprocess.run([sys.executable, "-m", "captioner.cli", "plot", str(trained["dir"]), str(tmp_path / "scst"),
+                           "--out", str(png)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(png), proc.stderr
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > 1000
+    proc = subprocess.run([sys.executable, "-m", "captioner.cli", "plot", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "metrics.jsonl: not found" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

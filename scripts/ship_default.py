@@ -1,0 +1,74 @@
+"""Turn a trained run's best.pt into the shipped default model (the last step of scripts/train_default.sh):
+
+1. choose the decoding settings on **val**: greedy, and beam 3 / 5 with length penalty 0, 0.5, 1.0, 1.5; the
+   best by val BLEU-4 (ties: CIDEr-D) becomes the checkpoint's own `decode_config`, which every command uses;
+2. score that setting once on the held-out **test** split (`captioner evaluate`'s code path, METEOR included)
+   and record it as `held_out_scores`, with the val grid beside it;
+3. write the checkpoint without training state (atomically) to --out.
+
+    python scripts/ship_default.py runs/default/scst/best.pt --out assets/default.pt
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from captioner.checkpoint import load_checkpoint, save_checkpoint
+from captioner.config import DecodeConfig
+from captioner.datasets import read_and_report
+from captioner.errors import CaptionerError
+from captioner.evaluation import evaluate, format_table
+from captioner.inference import Captioner
+
+GRID = [DecodeConfig(method="greedy")] + [DecodeConfig(beam_size=k, length_penalty=lp)
+                                         for k in (3, 5) for lp in (0.0, 0.5, 1.0, 1.5)]
+TRAINING_STATE = ("optimizer_state", "scheduler_state", "rng", "batch", "epoch_loss_sum", "epoch_tokens",
+                  "epoch_grad_norm_sum", "epoch_reward_sum", "epoch_samples")
+
+
+def label(cfg: DecodeConfig) -> str:
+    return "greedy" if cfg.method == "greedy" else f"beam {cfg.beam_size}, lp {cfg.length_penalty}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="the run's best.pt")
+    p.add_argument("--out", required=True, help="where to write the shipped checkpoint (e.g. assets/default.pt)")
+    p.add_argument("--data-dir", default=os.path.join(os.environ.get("DATA", "../shared/data"), "coco2017"))
+    args = p.parse_args(argv)
+    try:
+        ann, images = os.path.join(args.data_dir, "annotations"), os.path.join(args.data_dir, "images")
+        val = read_and_report(os.path.join(ann, "captions_val.json"), images, None, None, "val", print)
+        test = read_and_report(os.path.join(ann, "captions_test.json"), images, None, None, "test (held out)", print)
+        cap = Captioner.load(args.checkpoint, device="cpu")
+        rows = []
+        for cfg in GRID:
+            report, _ = evaluate(cap, val, cfg, meteor=False, progress=False)
+            rows.append((cfg, report["metrics"]))
+        print("val decoding grid:\n" + format_table([(label(c), m) for c, m in rows]))
+        best, _ = max(rows, key=lambda r: (r[1]["BLEU-4"], r[1]["CIDEr-D"]))
+        print(f"chosen on val: {label(best)}")
+        t0 = time.time()
+        report, _ = evaluate(cap, test, best, progress=False)
+        print("held-out test:\n" + format_table([(label(best), report["metrics"])]) + f"\n({time.time() - t0:.0f} s)")
+        ckpt = load_checkpoint(args.checkpoint)
+        for key in TRAINING_STATE:
+            ckpt.pop(key, None)
+        ckpt["decode_config"] = best.to_dict()
+        ckpt["held_out_scores"] = {
+            "split": f"coco2017 test ({len(test.items)} images, held out)", "decoding": best.to_dict(),
+            "metrics": report["metrics"],
+            "val_decoding_grid": [{"decoding": label(c), **{k: round(v, 4) for k, v in m.items()
+                                                             if isinstance(v, float)}} for c, m in rows]}
+        save_checkpoint(args.out, ckpt)
+        print(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MB)")
+    except CaptionerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
