@@ -15,7 +15,6 @@ Shapes: B images, K samples per image, N = B*K rows, T caption steps, V vocabula
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 from .config import DecodeConfig, TrainConfig
 from .decoding import decode
 from .metrics import CiderD
+from .steps import EpochStats, optimisation_step
 from .vocab import Vocabulary, tokenize
 
 
@@ -62,11 +62,11 @@ def policy_loss(logits: torch.Tensor, targets: torch.Tensor, advantages: torch.T
 
 def scst_epoch(model: torch.nn.Module, decoder, feats: torch.Tensor, scorer: CiderD, vocab: Vocabulary,
                loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device, cfg: TrainConfig,
-               stats, *, should_stop: Callable[[], bool] = lambda: False, desc: str = "scst",
+               stats: EpochStats, *, should_stop: Callable[[], bool] = lambda: False, desc: str = "scst",
                progress: bool = True):
     """One pass of SCST over the images the loader yields (batches of image indices into feats (N_img,P,E)).
     `model` is the CaptionModel or its DistributedDataParallel wrapper (its forward computes the gradients),
-    `decoder` the plain decoder that samples. `stats` (training.EpochStats) collects the loss and the mean
+    `decoder` the plain decoder that samples. `stats` collects the loss and the mean
     sampled CIDEr-D (`reward_sum`)."""
     model.eval()  # dropout off: sample and differentiate the same policy
     params = [p for p in model.parameters() if p.requires_grad]
@@ -85,17 +85,10 @@ def scst_epoch(model: torch.nn.Module, decoder, feats: torch.Tensor, scorer: Cid
             padding_value=vocab.pad_id).to(device)  # (N,T+1): BOS w1 .. [EOS] PAD..
         out = model(x.repeat_interleave(k, dim=0), captions[:, :-1])  # logits (N,T,V)
         loss = policy_loss(out.logits, captions[:, 1:], advantages)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        optimizer.step()
         n_tok = int((captions[:, 1:] != vocab.pad_id).sum())
-        stats.loss_sum += loss.item() * n_tok
-        stats.tokens += n_tok
+        stats.add(loss, n_tok, optimisation_step(loss, params, optimizer, cfg.grad_clip))
         stats.reward_sum += float(rewards.sum())
         stats.samples += rewards.numel()
-        stats.grad_norm_sum += float(norm)
-        stats.batches += 1
         bar.update(len(index))
         bar.set_postfix(cider=f"{stats.reward:.3f}")
         if should_stop():

@@ -15,7 +15,6 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -34,6 +33,7 @@ from .media import build_transform, load_media_tensor, media_to
 from .metrics import caption_metrics
 from .model import CaptionModel
 from .scst import scst_epoch, training_scorer
+from .steps import EpochStats, optimisation_step
 from .stopping import stop_requests
 from .vocab import Vocabulary
 
@@ -103,29 +103,6 @@ class _Media:
         return load_media_tensor(self.paths[i], self.transform, self.num_frames)
 
 
-@dataclass
-class EpochStats:
-    loss_sum: float = 0.0  # sum over batches of (mean batch loss * tokens)
-    tokens: int = 0
-    batches: int = 0  # batches done in this epoch, including those before a resume
-    grad_norm_sum: float = 0.0  # sum over batches of the global gradient norm before clipping
-    reward_sum: float = 0.0  # objective "cider": sum of the sampled captions' CIDEr-D
-    samples: int = 0  # objective "cider": captions sampled
-    stopped: bool = False
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / max(self.tokens, 1)
-
-    @property
-    def grad_norm(self) -> float:
-        return self.grad_norm_sum / max(self.batches, 1)
-
-    @property
-    def reward(self) -> float:
-        return self.reward_sum / max(self.samples, 1)
-
-
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     device: torch.device, cfg: TrainConfig, *, cached: bool, sampling_prob: float = 0.0,
                     stats: EpochStats | None = None, should_stop: Callable[[], bool] = lambda: False,
@@ -143,15 +120,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         loss, n_tok = teacher_forced_loss(model, inputs, captions, encoded=cached, sampling_prob=sampling_prob,
                                           hide_prob=cfg.copy_hide, label_smoothing=cfg.label_smoothing,
                                           alpha_c=cfg.alpha_c)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # The norm before clipping is logged: growing norms are the early sign of exploding gradients.
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        optimizer.step()
-        stats.loss_sum += loss.item() * n_tok
-        stats.tokens += n_tok
-        stats.grad_norm_sum += float(norm)
-        stats.batches += 1
+        stats.add(loss, n_tok, optimisation_step(loss, params, optimizer, cfg.grad_clip))
         bar.update(captions.size(0))
         bar.set_postfix(loss=f"{stats.loss:.3f}")
         if should_stop():
