@@ -10,6 +10,7 @@ from PIL import Image
 
 from captioner.checkpoint import load_checkpoint, model_from_checkpoint
 from captioner.config import ModelConfig, TrainConfig
+from captioner.errors import ConfigError
 from captioner.metrics import CiderD, cider_d_scores
 from captioner.model import build_model
 from captioner.scst import policy_loss, sample_captions, self_critical_advantages, training_scorer
@@ -146,3 +147,12 @@ def test_cli_scst_from_init_records_where_it_started(trained, tmp_path, feature_
                           text=True, timeout=120)
     assert proc.returncode == 2 and "metrics.jsonl: not found" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_scst_needs_cached_features(trained, tmp_path):
+    """A fine-tuned encoder cannot use the feature cache that SCST samples from: a clear error, before training."""
+    model = build_model(ModelConfig(embed_dim=16, hidden_dim=16, fine_tune_encoder=1), len(trained["vocab"]))
+    cfg = TrainConfig(epochs=1, objective="cider")
+    with pytest.raises(ConfigError, match="--objective cider trains on cached features"):
+        fit(model, trained["vocab"], trained["data"], None, cfg, str(tmp_path), torch.device("cpu"),
+            progress=False, log=lambda m: None)
