@@ -8,14 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.checkpoint import load_checkpoint, model_from_checkpoint
+from captioner.checkpoint import load_checkpoint, model_from_checkpoint, model_payload, save_checkpoint
 from captioner.config import ModelConfig, TrainConfig
 from captioner.errors import ConfigError
 from captioner.metrics import CiderD, cider_d_scores
 from captioner.model import build_model
+from captioner.nouns import NounSpace, load_table
 from captioner.scst import policy_loss, sample_captions, self_critical_advantages, training_scorer
 from captioner.training import fit
-from captioner.vocab import tokenize
+from captioner.vocab import SPECIALS, Vocabulary, tokenize
 
 from conftest import COCO_MINI_TRAIN, COCO_MINI_TRAIN_IMAGES
 
@@ -156,3 +157,13 @@ def test_scst_needs_cached_features(trained, tmp_path):
     with pytest.raises(ConfigError, match="--objective cider trains on cached features"):
         fit(model, trained["vocab"], trained["data"], None, cfg, str(tmp_path), torch.device("cpu"),
             progress=False, log=lambda m: None)
+
+
+def test_cli_refuses_self_critical_training_of_a_copy_model(tmp_path):
+    vocab = Vocabulary(list(SPECIALS) + "a dog on the grass".split()).extend(NounSpace(load_table()).words)
+    model = build_model(ModelConfig(embed_dim=16, hidden_dim=32, copy_nouns=4), len(vocab), vocab=vocab)
+    save_checkpoint(tmp_path / "copy.pt", model_payload(model, vocab))
+    proc = _train("--init", tmp_path / "copy.pt", "--objective", "cider", "--out", tmp_path / "run", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--objective cider does not train copy models" in lines[0], proc.stderr
