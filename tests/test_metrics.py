@@ -3,6 +3,7 @@ CIDEr-D and ROUGE-L, edge cases, and both branches of METEOR."""
 import json
 import math
 import re
+import shutil
 import sys
 from collections import defaultdict
 
