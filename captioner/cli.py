@@ -38,6 +38,14 @@ def _add_decode_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--require-object", dest="require_object", action="store_true", default=None,
                    help="copy models: when the CNN is confident of a noun, the caption must name it")
+    g.add_argument("--no-require-object", dest="require_object", action="store_false",
+                   help="let the caption end without naming what the CNN is sure of")
+    g.add_argument("--require-prob", dest="require_prob", type=float,
+                   help="how sure the CNN must be of a noun for --require-object (default: the checkpoint's)")
+    g.add_argument("--no-repeat-words", dest="no_repeat_words", action="store_true", default=None,
+                   help="say each content word at most once")
+    g.add_argument("--allow-repeat-words", dest="no_repeat_words", action="store_false",
+                   help="allow a content word to be said again")
 
 
 def _overrides(cls, args: argparse.Namespace) -> dict[str, Any]:
@@ -51,10 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a captioning model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = t.add_argument_group("data")
-    d.add_argument("--data", help="training annotations (COCO json, Karpathy json, Flickr8k token txt, jsonl, csv)")
-    d.add_argument("--images", help="folder the annotation's image paths are relative to (default: its folder)")
-    d.add_argument("--format", choices=DATASET_FORMATS, help="default: detect")
-    d.add_argument("--split", choices=("train", "val", "test"), help="split to train on (Karpathy, Flickr8k)")
+    d.add_argument("--data", action="append",
+                   help="training annotations (COCO json, Karpathy json, Flickr8k token txt, jsonl, csv); repeat "
+                        "it to train on several sources at once, each followed by its own --images etc.")
+    d.add_argument("--images", action="append",
+                   help="folder the annotation's image paths are relative to (default: its folder); one per --data")
+    d.add_argument("--format", action="append", choices=DATASET_FORMATS, help="default: detect; one per --data")
+    d.add_argument("--split", action="append", choices=("train", "val", "test"),
+                   help="split to train on (Karpathy, Flickr8k); one for all sources or one per --data")
+    d.add_argument("--data-weight", dest="data_weight", action="append", type=float,
+                   help="how often a source's photos are drawn relative to the others' (default 1); one per --data")
+    d.add_argument("--person-share", dest="person_share", type=float,
+                   help="re-weight draws so photos showing a person are this share of them (0 = as the data is)")
     d.add_argument("--val-data", dest="val_data", help="validation annotations (default: --data with --val-split)")
     d.add_argument("--val-images", dest="val_images")
     d.add_argument("--val-split", dest="val_split", choices=("train", "val", "test"))
@@ -88,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--copy-nouns", dest="copy_nouns", type=int, metavar="K",
                    help="copy decoder: may copy any of the K nouns the CNN's ImageNet classifier sees most "
                         "(novel objects; needs a pretrained encoder), 0 = off")
+    m.add_argument("--concepts", action="store_true", default=None,
+                   help="copy models: the CNN's candidate nouns are also an input of every decoder step (LSTM-A)")
     o = t.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int)
     o.add_argument("--batch-size", dest="batch_size", type=int)
@@ -106,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "maximises the CIDEr-D of sampled captions (fine-tune an xent model: --init CKPT, small --lr)")
     o.add_argument("--scst-samples", dest="scst_samples", type=int,
                    help="objective cider: captions sampled per image (each one's baseline is the others' mean)")
+    o.add_argument("--scst-grounding", dest="scst_grounding", type=float,
+                   help="objective cider, copy models: reward weight for naming the nouns the CNN is sure of "
+                        "(sum of p - 0.5 over the candidates named)")
+    o.add_argument("--scst-repetition", dest="scst_repetition", type=float,
+                   help="objective cider: reward penalty per content word said twice")
     o.add_argument("--patience", type=int, help="early stopping patience in epochs, 0 = off")
     o.add_argument("--min-freq", dest="min_freq", type=int, help="min word count for the vocabulary")
     o.add_argument("--max-vocab", dest="max_vocab", type=int)
@@ -137,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--images", help="image folder (default: the annotation file's folder)")
     e.add_argument("--format", choices=DATASET_FORMATS)
     e.add_argument("--split", choices=("train", "val", "test"), help="split to evaluate (Karpathy, Flickr8k)")
-    e.add_argument("--out", required=True, help="folder for report.json, captions.json, items.jsonl")
+    e.add_argument("--out", help="folder for report.json, captions.json, items.jsonl (default: print only)")
     e.add_argument("--batch-size", dest="batch_size", type=int, default=64)
     e.add_argument("--device", default="auto")
     e.add_argument("--no-meteor", dest="meteor", action="store_false", help="skip METEOR (Java, ~10 s)")
@@ -239,6 +262,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .datasets import read_and_report
     from .evaluation import evaluate, format_table, write_outputs
+    from .grounding import format_grounding
     from .inference import Captioner
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -247,12 +271,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = replace(cap.decode_config, **decode_overrides(args))
     report, captions = evaluate(cap, data, cfg, split=args.split, batch_size=max(1, args.batch_size),
                                 meteor=args.meteor, cache_dir=args.cache_dir or "default", progress=not args.quiet)
-    write_outputs(args.out, report, data, captions)
+    if args.out:
+        write_outputs(args.out, report, data, captions)
     label = f"{os.path.basename(report['checkpoint'])} ({cfg.method}" + (
         f" {cfg.beam_size}, lp {cfg.length_penalty})" if cfg.method == "beam" else ")")
     print(format_table([(label, report["metrics"])]))
-    print(f"{report['items']} images in {report['seconds']} s; captions generated, not teacher-forced; "
-          f"wrote {os.path.join(args.out, 'report.json')} and captions.json")
+    print(format_grounding(report["grounding"]))
+    wrote = f"; wrote {os.path.join(args.out, 'report.json')} and captions.json" if args.out else ""
+    print(f"{report['items']} images in {report['seconds']} s; captions generated, not teacher-forced{wrote}")
     return 0
 
 

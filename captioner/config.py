@@ -60,6 +60,7 @@ class ModelConfig:
     temporal_bidirectional: bool = False  # lstm/gru temporal encoder reads the frames both ways
     num_frames: int = 16  # frames sampled uniformly from each video (training and captioning alike)
     copy_nouns: int = 0  # copy decoder (copying.py): candidate nouns per image from the CNN's classifier; 0 = off
+    concepts: bool = False  # copy models: the candidate nouns are also an input of every step (LSTM-A)
 
     @property
     def is_video(self) -> bool:
@@ -77,6 +78,9 @@ class ModelConfig:
             raise ConfigError("temporal_bidirectional needs --temporal lstm or gru")
         if self.copy_nouns < 0:
             raise ConfigError(f"copy_nouns must be >= 0, got {self.copy_nouns}")
+        if self.concepts and not self.copy_nouns:
+            raise ConfigError("--concepts feeds the copy decoder's candidate nouns to every step: it needs "
+                              "--copy-nouns K")
         if self.copy_nouns and self.tie_weights:
             raise ConfigError("--copy-nouns and --tie-weights do not combine (the output layer covers only "
                               "generated words)")
@@ -120,8 +124,15 @@ class TrainConfig:
     # copy models: how often a caption noun the CNN also sees must be copied rather than generated, which
     # teaches the gate to copy words it has never generated (novel-object simulation; 1.0 measured best)
     copy_hide: float = 1.0
+    # re-weight training draws so that photos showing a person make up this share (0 = draw as the data is;
+    # datasets.training_weights)
+    person_share: float = 0.0
     objective: str = "xent"
     scst_samples: int = 5  # objective "cider": captions sampled per image; each one's baseline is the others' mean
+    # objective "cider": reward terms beside CIDEr-D (scst.py): credit for naming the candidate nouns the CNN is
+    # sure of (and a cost for the ones it doubts), and a penalty per content word said again
+    scst_grounding: float = 0.0
+    scst_repetition: float = 0.0
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -129,6 +140,8 @@ class TrainConfig:
         if self.scst_samples < 2:
             raise ConfigError(f"scst_samples must be >= 2 (each sample's baseline is the others' mean), "
                               f"got {self.scst_samples}")
+        if self.scst_grounding < 0 or self.scst_repetition < 0:
+            raise ConfigError("scst_grounding and scst_repetition must be >= 0")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
         for name in ("epochs", "batch_size", "max_len", "min_freq", "max_vocab"):
@@ -138,6 +151,8 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.scheduled_sampling <= 1.0:
             raise ConfigError(f"scheduled_sampling must be in [0, 1], got {self.scheduled_sampling}")
+        if not 0.0 <= self.person_share < 1.0:
+            raise ConfigError(f"person_share must be in [0, 1), got {self.person_share}")
         if not 0.0 <= self.copy_hide <= 1.0:
             raise ConfigError(f"copy_hide must be in [0, 1], got {self.copy_hide}")
         if self.lr <= 0 or self.encoder_lr <= 0:
@@ -177,6 +192,9 @@ class DecodeConfig:
     # copy models: when the CNN is confident of a noun (probability >= REQUIRE_PROB), the caption must name
     # one such noun: EOS is forbidden until it has (constrained decoding)
     require_object: bool = False
+    require_prob: float = 0.5  # how sure the CNN must be of a noun for --require-object to insist on it
+    # a content word (not grounding.FUNCTION_WORDS) may be said only once: no "a cat on top of a cat"
+    no_repeat_words: bool = False
 
     def validate(self) -> None:
         if self.method not in DECODE_METHODS:
@@ -191,6 +209,8 @@ class DecodeConfig:
             raise ConfigError(f"min_len ({self.min_len}) must be <= max_len ({self.max_len})")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ConfigError("temperature must be > 0, top_p in (0, 1], top_k >= 0")
+        if not 0.0 < self.require_prob <= 1.0:
+            raise ConfigError(f"require_prob must be in (0, 1], got {self.require_prob}")
         if self.repetition_penalty < 1.0 or self.length_penalty < 0 or self.no_repeat_ngram_size < 0:
             raise ConfigError("repetition_penalty must be >= 1, length_penalty >= 0, no_repeat_ngram_size >= 0")
 

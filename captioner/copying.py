@@ -15,6 +15,8 @@ learned projection of their visual embedding, so an unseen word still has a vect
 The CNN's classifier and the noun table travel inside the checkpoint (as this module's buffers), so a copy
 model captions exactly as it was trained even if the shipped table changes later.
 
+With `concepts`, the candidates are also an input of every decoder step (LSTM-A, see CopyHead.__init__).
+
 Shapes: B batch, T steps, V vocab (caption words + nouns), Vg generated words, K candidates, N nouns,
 C classes, E feature, Ev classifier feature, H hidden, D embedding.
 """
@@ -31,7 +33,7 @@ IMPOSSIBLE = -1e4  # log-probability of a word neither path can produce (exp() i
 class CopyHead(nn.Module):
     def __init__(self, vocab_size: int, gen_size: int, hidden_dim: int, embed_dim: int, feature_dim: int,
                  k: int, classifier_weight: torch.Tensor, classifier_bias: torch.Tensor,
-                 membership: torch.Tensor, noun_ids: torch.Tensor, video: bool):
+                 membership: torch.Tensor, noun_ids: torch.Tensor, video: bool, concepts: bool = False):
         super().__init__()
         self.vocab_size, self.gen_size, self.k, self.video = vocab_size, gen_size, k, video
         Ev = classifier_weight.size(1)
@@ -49,6 +51,12 @@ class CopyHead(nn.Module):
         self.copy_embed = nn.Linear(Ev, embed_dim)  # input embedding of copy-only words
         # the gate also reads how sure the CNN is of its best noun
         self.gate = nn.Linear(hidden_dim + embed_dim + feature_dim + 1, 1)
+        # LSTM-A (Yao et al., ICCV 2017, "Boosting Image Captioning with Attributes"): what the CNN sees is also
+        # an input of every step, sum_k p_k v_k projected to the embedding size. The candidates' probabilities
+        # weight it, so a noun the CNN is unsure of barely moves the decoder; and it is built from the nouns'
+        # visual embeddings, not from per-noun parameters, so a noun no training photo showed reaches the
+        # decoder through the same projection as the ones it learned from.
+        self.concept_proj = nn.Linear(Ev, embed_dim) if concepts else None
 
     # --- candidates -----------------------------------------------------------------------------------------
     def class_probs(self, features: torch.Tensor) -> torch.Tensor:
@@ -66,6 +74,9 @@ class CopyHead(nn.Module):
         state["cand_ids"] = self.noun_ids[top_i]
         state["cand_logp"] = top_p.clamp(min=1e-8).log()
         state["image"] = summary  # (B,E) for the gate
+        if self.concept_proj is not None:
+            seen = (top_p.unsqueeze(-1) * self.noun_visual[top_i].float()).sum(1)  # (B,Ev)
+            state["concept"] = self.concept_proj(seen)  # (B,D)
         return state
 
     # --- inputs -----------------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ class CaptionDecoder(nn.Module):
         self.init_h = nn.Linear(E, L * H)
         self.init_c = nn.Linear(E, L * H) if self.is_lstm else None
         rnn_cls = nn.LSTM if self.is_lstm else nn.GRU
-        self.rnn = rnn_cls(D + (E if attend else 0), H, num_layers=L, batch_first=True,
+        self.rnn = rnn_cls(D + (E if attend else 0) + (D if cfg.concepts else 0), H, num_layers=L, batch_first=True,
                            dropout=cfg.dropout if L > 1 else 0.0)
         self.attention = SoftAttention(E, H, cfg.attention_dim) if attend else None
         self.f_beta = nn.Linear(H, E) if attend else None  # gating scalar per context dim
@@ -157,6 +157,8 @@ class CaptionDecoder(nn.Module):
             context = torch.sigmoid(self.f_beta(h_top)) * context  # gated context (B,E)
             x = torch.cat([x, context], dim=1)  # (B,D+E)
             new["alpha"] = alpha
+        if "concept" in state:
+            x = torch.cat([x, state["concept"]], dim=1)  # (B,[D+E]+D): what the CNN sees, every step
         out, hidden = self.rnn(x.unsqueeze(1), self._rnn_hidden(state))  # out (B,1,H)
         if self.is_lstm:
             new["h"], new["c"] = hidden[0].transpose(0, 1), hidden[1].transpose(0, 1)  # (B,L,H)
@@ -187,7 +189,10 @@ class CaptionDecoder(nn.Module):
         if self.attention is None and sampling_prob == 0.0:
             # Fast path: the whole sequence in one fused RNN call; equal to stepping (tested).
             x = self._embed(tokens)  # (B,T,D)
-            out, _ = self.rnn(x, self._rnn_hidden(state))  # (B,T,H)
+            inputs = x
+            if "concept" in state:
+                inputs = torch.cat([x, state["concept"].unsqueeze(1).expand(-1, x.size(1), -1)], dim=2)  # (B,T,2D)
+            out, _ = self.rnn(inputs, self._rnn_hidden(state))  # (B,T,H)
             if targets is not None and self.copy is None:
                 # With the targets known, the output layer (the largest matmul) runs on real words only, not
                 # on PAD: logits (1,N,V) for the N non-PAD targets, returned with those targets (1,N).

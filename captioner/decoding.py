@@ -48,6 +48,7 @@ class Rules:
     banned: tuple[int, ...] = ()  # ids never emitted (PAD, BOS, and UNK when suppressed)
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
+    once: torch.Tensor | None = None  # (V,) bool: words that may be said at most once (content words)
 
     def apply(self, log_probs: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
         """log_probs (N,V), seqs (N,t) words so far -> adjusted scores (N,V); forbidden tokens at -inf."""
@@ -60,6 +61,9 @@ class Rules:
             # log-probs are <= 0, so multiplying by the penalty (> 1) lowers tokens already said.
             said = torch.zeros_like(out, dtype=torch.bool).scatter_(1, seqs, True)  # (N,V)
             out = torch.where(said, out * self.repetition_penalty, out)
+        if self.once is not None and seqs.size(1):
+            said = torch.zeros_like(out, dtype=torch.bool).scatter_(1, seqs, True)  # (N,V)
+            out = out.masked_fill(said & self.once.to(out.device), NEG_INF)
         n = self.no_repeat_ngram_size
         if n and seqs.size(1) >= n:
             windows = seqs.unfold(1, n, 1)  # (N,W,n): every n-gram said so far
@@ -72,7 +76,12 @@ class Rules:
 
 def rules_for(cfg: DecodeConfig, vocab: Vocabulary) -> Rules:
     banned = (vocab.pad_id, vocab.bos_id) + ((vocab.unk_id,) if cfg.suppress_unk else ())
-    return Rules(vocab.eos_id, cfg.min_len, banned, cfg.no_repeat_ngram_size, cfg.repetition_penalty)
+    once = None
+    if cfg.no_repeat_words:
+        from .grounding import FUNCTION_WORDS
+
+        once = torch.tensor([w.isalpha() and w not in FUNCTION_WORDS for w in vocab.itos])  # (V,)
+    return Rules(vocab.eos_id, cfg.min_len, banned, cfg.no_repeat_ngram_size, cfg.repetition_penalty, once)
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -253,7 +262,7 @@ def _filter_top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch
     return scores
 
 
-REQUIRE_PROB = 0.5  # how sure the CNN must be of a noun before --require-object insists on it
+REQUIRE_PROB = 0.5  # how sure the CNN must be of a noun to count as confident (--require-object's default)
 
 
 def requiring(step_fn: StepFn, eos_id: int) -> StepFn:
@@ -281,7 +290,7 @@ def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig
     if cfg.require_object:
         if "cand_ids" not in state:
             raise ConfigError("--require-object needs a copy model (captioner train --copy-nouns K)")
-        confident = state["cand_logp"] >= math.log(REQUIRE_PROB)  # (B,K)
+        confident = state["cand_logp"] >= math.log(cfg.require_prob)  # (B,K)
         state = {**state, "must": torch.where(confident, state["cand_ids"], torch.full_like(state["cand_ids"], -1)),
                  "said": torch.zeros(features.size(0), dtype=torch.bool, device=features.device)}
         step = requiring(decoder.step, vocab.eos_id)

@@ -110,4 +110,4 @@ def _copy_head(cfg: ModelConfig, encoder: ImageEncoder, vocab: Vocabulary | None
                    else encoder.feature_dim)
     return CopyHead(len(vocab), vocab.generated, cfg.hidden_dim, cfg.embed_dim, summary_dim, cfg.copy_nouns,
                     weight, bias, space.membership, torch.tensor([vocab.stoi[w] for w in space.words]),
-                    video=cfg.is_video)
+                    video=cfg.is_video, concepts=cfg.concepts)

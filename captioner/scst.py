@@ -8,6 +8,12 @@ samples (Luo, 2020, "A Better Variant of Self-Critical Sequence Training": no ex
 unbiased). The loss is -sum_k (r_k - b_k) * log p(w^k), summed over each caption's words (its EOS included)
 and divided by the number of words. CIDEr-D's document frequencies come from the training references.
 
+The reward may add two terms beside CIDEr-D (TrainConfig.scst_grounding / scst_repetition): credit for naming
+what the CNN sees, sum over the image's candidate nouns named of (p_k - 0.5), so naming a noun the CNN is sure
+of pays and naming one it doubts costs (copy models); and a penalty for each content word said again, because
+CIDEr-D alone rewards repeating a rewarded noun ("a cat laying on top of a cat"): blocking it in the reward
+teaches the policy not to, where a decoding ban only hides it.
+
 Dropout is off during SCST (the model is in eval mode), so the captions are sampled from exactly the policy
 whose log-probabilities are differentiated.
 
@@ -23,7 +29,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import DecodeConfig, TrainConfig
-from .decoding import decode
+from .decoding import REQUIRE_PROB, decode
+from .grounding import repeated_content_words
 from .metrics import CiderD
 from .steps import EpochStats, optimisation_step
 from .vocab import Vocabulary, tokenize
@@ -42,6 +49,22 @@ def sample_captions(decoder, feats: torch.Tensor, vocab: Vocabulary, k: int, max
                        suppress_unk=False)
     hyps = decode(decoder, feats, vocab, cfg)
     return [h.tokens + ([vocab.eos_id] if h.finished else []) for per_image in hyps for h in per_image]
+
+
+def grounding_credit(decoder, feats: torch.Tensor, rows: list[list[int]], k: int) -> torch.Tensor:
+    """Per sampled caption (N = B*K, image-major), sum over the image's candidate nouns it names of
+    (p - REQUIRE_PROB): what the CNN is sure of pays, what it doubts costs. Zeros for a model without
+    candidates (not a copy model)."""
+    if decoder.copy is None:
+        return torch.zeros(len(rows))
+    state = decoder.copy.init_state(feats, feats.mean(1), {})  # cand_ids (B,K'), cand_logp (B,K')
+    ids, probs = state["cand_ids"].tolist(), state["cand_logp"].exp().tolist()
+    credit = []
+    for r, words in enumerate(rows):
+        image = r // k
+        said = set(words)
+        credit.append(sum(p - REQUIRE_PROB for w, p in zip(ids[image], probs[image]) if w in said))
+    return torch.tensor(credit)
 
 
 def self_critical_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -77,8 +100,15 @@ def scst_epoch(model: torch.nn.Module, decoder, feats: torch.Tensor, scorer: Cid
         x = feats[index].to(device).float()  # (B,P,E)
         rows = sample_captions(decoder, x, vocab, k, cfg.max_len)  # N = B*K
         image_of_row = index.repeat_interleave(k).tolist()
-        rewards = torch.tensor([scorer.score(i, [vocab.itos[w] for w in ids if w != vocab.eos_id])
-                                for i, ids in zip(image_of_row, rows)]).view(-1, k)  # (B,K)
+        words = [[vocab.itos[w] for w in ids if w != vocab.eos_id] for ids in rows]
+        rewards = torch.tensor([scorer.score(i, ws) for i, ws in zip(image_of_row, words)])  # (N,)
+        cider = rewards.view(-1, k)
+        if cfg.scst_grounding:
+            rewards = rewards + cfg.scst_grounding * grounding_credit(decoder, x, rows, k)
+        if cfg.scst_repetition:
+            rewards = rewards - cfg.scst_repetition * torch.tensor([float(repeated_content_words(ws))
+                                                                    for ws in words])
+        rewards = rewards.view(-1, k)  # (B,K)
         advantages = self_critical_advantages(rewards).view(-1).to(device)  # (N,)
         captions = torch.nn.utils.rnn.pad_sequence(
             [torch.tensor([vocab.bos_id, *ids], dtype=torch.long) for ids in rows], batch_first=True,
@@ -87,8 +117,8 @@ def scst_epoch(model: torch.nn.Module, decoder, feats: torch.Tensor, scorer: Cid
         loss = policy_loss(out.logits, captions[:, 1:], advantages)
         n_tok = int((captions[:, 1:] != vocab.pad_id).sum())
         stats.add(loss, n_tok, optimisation_step(loss, params, optimizer, cfg.grad_clip))
-        stats.reward_sum += float(rewards.sum())
-        stats.samples += rewards.numel()
+        stats.reward_sum += float(cider.sum())  # the CIDEr-D part alone: comparable across reward settings
+        stats.samples += cider.numel()
         bar.update(len(index))
         bar.set_postfix(cider=f"{stats.reward:.3f}")
         if should_stop():

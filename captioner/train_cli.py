@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import ModelConfig, TrainConfig
-from .datasets import read_and_report
+from .datasets import CaptionSet, read_and_report
 from .errors import ConfigError
 from .features import default_cache_dir
 from .inference import resolve_device
@@ -35,6 +35,60 @@ def _init_distributed(device_name: str) -> tuple[int, torch.device | None]:
     return dist.get_rank(), torch.device("cpu")
 
 
+SOURCE_FLAGS = ("images", "format", "split", "data_weight")
+
+
+def _per_source(args: argparse.Namespace, flag: str) -> list:
+    """A repeatable flag's values, one per --data: none given -> None each; one given -> for every source."""
+    values, n = getattr(args, flag) or [], len(args.data)
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise ConfigError(f"--{flag.replace('_', '-')} given {len(values)} times for {n} --data sources; give it "
+                          f"once (for all) or once per --data, in the same order")
+    return values
+
+
+def read_sources(args: argparse.Namespace, log) -> tuple[CaptionSet, list[dict]]:
+    """Every --data source read with its own --images / --format / --split, joined into one training set;
+    -> the set and, per source, what the checkpoint records of it."""
+    columns = [_per_source(args, flag) for flag in SOURCE_FLAGS]
+    if len(args.data) > 1 and args.images and len(args.images) == 1:
+        raise ConfigError("several --data sources need one --images each (or none: each file's own folder)")
+    items, missing, sources = [], [], []
+    for data, images, fmt, split, weight in zip(args.data, *columns):
+        if weight is not None and weight <= 0:
+            raise ConfigError(f"--data-weight must be > 0, got {weight} for {data}")
+        part = read_and_report(data, images, fmt, split, "train", log)
+        for it in part.items:
+            it.weight = weight or 1.0
+        items += part.items
+        missing += part.missing
+        sources.append({"data": os.path.abspath(data), "images": images and os.path.abspath(images),
+                        "format": part.format, "split": split, "weight": weight or 1.0,
+                        "train_images": len(part.items)})
+    if len(sources) > 1:
+        log(f"train: {len(items)} images from {len(sources)} sources")
+    fmt = "+".join(dict.fromkeys(s["format"] for s in sources))
+    return CaptionSet(items, missing, "; ".join(args.data), fmt), sources
+
+
+def _restore_sources(args: argparse.Namespace, stored: dict) -> None:
+    """--resume: the data flags not given again come from the checkpoint (one list entry per source)."""
+    sources = stored.get("sources") or ([{k: stored.get(k) for k in ("data", "images", "format", "split")}]
+                                        if stored.get("data") else [])
+    if args.data is None and sources:
+        args.data = [s["data"] for s in sources]
+        for flag, key in zip(SOURCE_FLAGS, ("images", "format", "split", "weight")):
+            if getattr(args, flag) is None:
+                setattr(args, flag, [s.get(key) for s in sources])
+    for key in ("val_data", "val_images", "val_split"):
+        if getattr(args, key) is None:
+            setattr(args, key, stored.get(key))
+
+
 def describe(model, vocab: Vocabulary, device: torch.device) -> str:
     """One line saying what is being trained."""
     cfg = model.cfg
@@ -44,7 +98,7 @@ def describe(model, vocab: Vocabulary, device: torch.device) -> str:
     if cfg.is_video:
         decoder.append(f"video model ({cfg.temporal} over {cfg.num_frames} frames)")
     if cfg.copy_nouns:
-        decoder.append(f"copying from {cfg.copy_nouns} candidate nouns")
+        decoder.append(f"copying from {cfg.copy_nouns} candidate nouns" + (" (also its input)" if cfg.concepts else ""))
     words = f"{vocab.generated} words" + (f" + {len(vocab) - vocab.generated} copy-only nouns"
                                           if len(vocab) > vocab.generated else "")
     return (f"model: {cfg.backbone} ({model.encoder.weights_source}, "
@@ -78,17 +132,16 @@ def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_over
             raise ConfigError(f"{args.resume}: has no training state to resume from (best.pt is for captioning; "
                               f"resume from last.pt)")
         stored = resume.get("data") or {}
-        for key in ("data", "images", "format", "split", "val_data", "val_images", "val_split"):
-            if getattr(args, key) is None:
-                setattr(args, key, stored.get(key))
+        _restore_sources(args, stored)
     if not args.data:
         raise ConfigError("--data is required: a caption annotation file (COCO json, Karpathy json, Flickr8k "
                           "token txt, jsonl or csv)")
-    train_set = read_and_report(args.data, args.images, args.format, args.split, "train", log)
+    train_set, sources = read_sources(args, log)
     val_set = None
     if args.val_data or args.val_split:
-        val_set = read_and_report(args.val_data or args.data, args.val_images if args.val_data else args.images,
-                                  args.format if not args.val_data else None, args.val_split, "val", log)
+        first = sources[0]
+        val_set = read_and_report(args.val_data or first["data"], args.val_images if args.val_data else first["images"],
+                                  first["format"] if not args.val_data else None, args.val_split, "val", log)
     else:
         log("warning: no --val-data: no validation BLEU; best.pt will be the lowest-training-loss epoch")
 
@@ -110,12 +163,9 @@ def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_over
         if resume is None and init is None:
             raise ConfigError("--objective cider fine-tunes a trained model: give --init CKPT (the best.pt of a "
                               "cross-entropy run)")
-        if model.cfg.copy_nouns:
-            raise ConfigError("--objective cider does not train copy models (--copy-nouns); train them with "
-                              "--objective xent")
     log(describe(model, vocab, device))
-    meta = {"data": os.path.abspath(args.data), "images": args.images and os.path.abspath(args.images),
-            "format": train_set.format, "split": args.split, "train_images": len(train_set.items),
+    meta = {"sources": sources, "data": sources[0]["data"], "format": train_set.format,
+            "train_images": len(train_set.items),
             "val_data": args.val_data and os.path.abspath(args.val_data),
             "val_images": args.val_images and os.path.abspath(args.val_images), "val_split": args.val_split}
     if init is not None:  # the checkpoint keeps describing itself: where its starting weights came from

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import model_payload, save_checkpoint
 from .config import DecodeConfig, TrainConfig
-from .datasets import CaptionPairs, CaptionSet, collate_pairs
+from .datasets import CaptionPairs, CaptionSet, collate_pairs, training_weights
 from .decoding import decode
 from .errors import ConfigError
 from .features import encode_images
@@ -66,20 +66,27 @@ def teacher_forced_loss(model: torch.nn.Module, inputs, captions: torch.Tensor, 
 
 
 class EpochSampler(Sampler[int]):
-    """This rank's share of a permutation of range(n) that depends only on (seed, epoch), from position `start`.
+    """This rank's share of an epoch's example order that depends only on (seed, epoch), from position `start`.
 
-    Like torch's DistributedSampler (the permutation is padded by wrapping to a multiple of `world`, and rank r
+    Like torch's DistributedSampler (the order is padded by wrapping to a multiple of `world`, and rank r
     takes every world-th index from r, so all ranks run the same number of batches), plus a start offset so a
-    run stopped mid-epoch resumes at the exact next example.
+    run stopped mid-epoch resumes at the exact next example. Without `weights` the order is a permutation of
+    range(n); with them (n,) it is n draws with replacement, example i drawn with probability proportional to
+    weights[i] (torch's WeightedRandomSampler, made reproducible per epoch).
     """
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1,
+                 weights: torch.Tensor | None = None):
         self.n, self.seed, self.epoch, self.start, self.rank, self.world = n, seed, epoch, start, rank, world
         self.per_rank = math.ceil(n / world)
+        self.weights = None if weights is None or bool((weights == weights[0]).all()) else weights.double()
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         order += order[: self.per_rank * self.world - self.n]  # pad so every rank gets per_rank examples
         return iter(order[self.rank::self.world][self.start:])
 
@@ -313,6 +320,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
         else:
             load = _Media(paths, build_transform(model.transform_spec, train=True), model.cfg.num_frames)
         pairs = CaptionPairs(train_set.items, vocab, load, cfg.max_len)
+        image_weights = training_weights(train_set.items, cfg.person_share)  # (N_img,)
         scst = cfg.objective == "cider"
         if scst:
             if not cached:
@@ -342,7 +350,8 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             desc = f"epoch {epoch + 1}/{cfg.epochs}"
             # Cross-entropy goes over (image, caption) pairs; SCST over images, each sampled scst_samples times.
             sampler = EpochSampler(len(train_set.items) if scst else len(pairs), cfg.seed, epoch,
-                                   stats.batches * cfg.batch_size, rank, world)
+                                   stats.batches * cfg.batch_size, rank, world,
+                                   weights=image_weights if scst else image_weights[pairs.image_index])
             # A private generator: DataLoader draws worker seeds from it, not from the global RNG, whose
             # state is saved for exact resume (a resumed epoch creates one iterator more than a straight run).
             loader = DataLoader(range(len(train_set.items)) if scst else pairs, batch_size=cfg.batch_size,

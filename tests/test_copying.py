@@ -32,9 +32,10 @@ def copy_model(**kw):
     return build_model(cfg, len(vocab), vocab=vocab).eval(), vocab
 
 
-@pytest.mark.parametrize("kw, positions", [({}, 1), ({"attention": True}, 49), ({"temporal": "gru",
-                         "temporal_bidirectional": True, "num_frames": 4}, 4), ({"temporal": "mean", "num_frames": 4}, 4)],
-                         ids=["global", "attention", "video-bigru", "video-mean"])
+@pytest.mark.parametrize("kw, positions", [({}, 1), ({"concepts": True}, 1), ({"attention": True, "concepts": True}, 49),
+                         ({"attention": True}, 49), ({"temporal": "gru", "temporal_bidirectional": True,
+                                                      "num_frames": 4}, 4), ({"temporal": "mean", "num_frames": 4}, 4)],
+                         ids=["global", "concepts", "attention-concepts", "attention", "video-bigru", "video-mean"])
 def test_mixture_is_normalised_and_stepping_equals_teacher_forcing(kw, positions):
     model, vocab = copy_model(**kw)
     feats = torch.randn(B, positions, 1280).relu()
@@ -95,6 +96,8 @@ def test_require_object_needs_a_copy_model_and_forces_the_word():
 def test_copy_config_is_validated():
     with pytest.raises(ConfigError, match="do not combine"):
         ModelConfig(copy_nouns=5, tie_weights=True).validate()
+    with pytest.raises(ConfigError, match="--concepts .* needs --copy-nouns"):
+        ModelConfig(concepts=True).validate()
     with pytest.raises(ConfigError, match="copy_hide"):
         TrainConfig(copy_hide=1.5).validate()
     vocab = Vocabulary(list(SPECIALS) + ["dog"])
@@ -102,7 +105,8 @@ def test_copy_config_is_validated():
         build_model(ModelConfig(copy_nouns=5), len(vocab), vocab=vocab)
 
 
-def test_tiny_copy_model_names_an_object_no_training_caption_mentions(tmp_path, feature_cache):
+@pytest.mark.parametrize("concepts", [False, True], ids=["copy", "copy+concepts (the default's architecture)"])
+def test_tiny_copy_model_names_an_object_no_training_caption_mentions(tmp_path, feature_cache, concepts):
     """DCC in miniature: no training caption says "elephant"; the CNN sees one; the caption names it."""
     data = read_captions(str(COCO_MINI_TRAIN), str(COCO_MINI_TRAIN_IMAGES))
     keep = [it for it in data.items if not any({"elephant", "elephants"} & set(tokenize(c)) for c in it.captions)]
@@ -111,7 +115,8 @@ def test_tiny_copy_model_names_an_object_no_training_caption_mentions(tmp_path, 
     vocab = Vocabulary.build((c for it in keep for c in it.captions), min_freq=1).extend(NOUNS.words)
     assert vocab.stoi["elephant"] >= vocab.generated  # copy-only: never generated
     torch.manual_seed(0)
-    model = build_model(ModelConfig(embed_dim=64, hidden_dim=128, dropout=0.0, copy_nouns=5), len(vocab), vocab=vocab)
+    model = build_model(ModelConfig(embed_dim=64, hidden_dim=128, dropout=0.0, copy_nouns=5, concepts=concepts),
+                        len(vocab), vocab=vocab)
     cfg = TrainConfig(epochs=25, batch_size=32, lr=3e-3, patience=0, scheduler="none", min_freq=1)
     fit(model, vocab, dataclasses.replace(data, items=keep), None, cfg, str(tmp_path), torch.device("cpu"),
         cache_dir=feature_cache, progress=False, log=lambda msg: None)

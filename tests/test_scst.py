@@ -14,7 +14,8 @@ from captioner.errors import ConfigError
 from captioner.metrics import CiderD, cider_d_scores
 from captioner.model import build_model
 from captioner.nouns import NounSpace, load_table
-from captioner.scst import policy_loss, sample_captions, self_critical_advantages, training_scorer
+from captioner.scst import (grounding_credit, policy_loss, sample_captions, self_critical_advantages,
+                            training_scorer)
 from captioner.training import fit
 from captioner.vocab import SPECIALS, Vocabulary, tokenize
 
@@ -159,11 +160,31 @@ def test_scst_needs_cached_features(trained, tmp_path):
             progress=False, log=lambda m: None)
 
 
-def test_cli_refuses_self_critical_training_of_a_copy_model(tmp_path):
+def test_cli_trains_a_concept_copy_model_self_critically_with_grounding_and_repetition_rewards(tmp_path,
+                                                                                            feature_cache):
+    """Copy models (with the LSTM-A concept input) can be fine-tuned by SCST (refused before grounding), with
+    the reward's grounding credit and repetition penalty; the reward terms are recorded in the checkpoint."""
     vocab = Vocabulary(list(SPECIALS) + "a dog on the grass".split()).extend(NounSpace(load_table()).words)
-    model = build_model(ModelConfig(embed_dim=16, hidden_dim=32, copy_nouns=4), len(vocab), vocab=vocab)
+    model = build_model(ModelConfig(embed_dim=16, hidden_dim=32, copy_nouns=4, concepts=True), len(vocab),
+                        vocab=vocab)
     save_checkpoint(tmp_path / "copy.pt", model_payload(model, vocab))
-    proc = _train("--init", tmp_path / "copy.pt", "--objective", "cider", "--out", tmp_path / "run", cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--objective cider does not train copy models" in lines[0], proc.stderr
+    proc = _train("--init", tmp_path / "copy.pt", "--objective", "cider", "--epochs", "1", "--batch-size", "16",
+                  "--scst-grounding", "1.0", "--scst-repetition", "0.5", "--cache-dir", feature_cache, "--quiet",
+                  "--out", tmp_path / "run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["train_config"]["scst_grounding"] == 1.0 and ckpt["train_config"]["scst_repetition"] == 0.5
+    assert ckpt["model_config"]["concepts"] is True
+    assert ckpt["history"][0]["train_cider"] >= 0
+
+
+def test_grounding_credit_pays_for_confident_candidates_and_charges_for_doubted_ones():
+    vocab = Vocabulary(list(SPECIALS) + "a dog on the grass".split()).extend(NounSpace(load_table()).words)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(embed_dim=16, hidden_dim=32, copy_nouns=3), len(vocab), vocab=vocab)
+    feats = torch.randn(1, 1, model.encoder.feature_dim) * 4
+    state = model.decoder.copy.init_state(feats, feats.mean(1), {})
+    ids, probs = state["cand_ids"][0].tolist(), state["cand_logp"][0].exp().tolist()
+    rows = [[ids[0]], [ids[0], ids[1]], [vocab.stoi["dog"]] if vocab.stoi["dog"] not in ids else []]
+    credit = grounding_credit(model.decoder, feats, rows, k=3)
+    assert credit.tolist() == pytest.approx([probs[0] - 0.5, probs[0] + probs[1] - 1.0, 0.0], abs=1e-5)
