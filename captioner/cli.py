@@ -44,6 +44,9 @@ def _add_decode_flags(p: argparse.ArgumentParser) -> None:
                    help="how sure the CNN must be of a noun for --require-object (default: the checkpoint's)")
     g.add_argument("--no-repeat-words", dest="no_repeat_words", action="store_true", default=None,
                    help="say each content word at most once")
+    g.add_argument("--person-gate", dest="person_gate", action="store_true", default=None,
+                   help="models with a person detector: person words only where it says there is a person")
+    g.add_argument("--no-person-gate", dest="person_gate", action="store_false")
     g.add_argument("--allow-repeat-words", dest="no_repeat_words", action="store_false",
                    help="allow a content word to be said again")
 
@@ -106,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(novel objects; needs a pretrained encoder), 0 = off")
     m.add_argument("--concepts", action="store_true", default=None,
                    help="copy models: the CNN's candidate nouns are also an input of every decoder step (LSTM-A)")
+    m.add_argument("--person-gate", dest="person_gate", action="store_true", default=None,
+                   help="train a person detector beside the caption; decoding says a person only where it fires")
     o = t.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int)
     o.add_argument("--batch-size", dest="batch_size", type=int)

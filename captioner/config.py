@@ -61,6 +61,7 @@ class ModelConfig:
     num_frames: int = 16  # frames sampled uniformly from each video (training and captioning alike)
     copy_nouns: int = 0  # copy decoder (copying.py): candidate nouns per image from the CNN's classifier; 0 = off
     concepts: bool = False  # copy models: the candidate nouns are also an input of every step (LSTM-A)
+    person_gate: bool = False  # a person detector trained beside the caption (decoder.py); see DecodeConfig
 
     @property
     def is_video(self) -> bool:
@@ -195,6 +196,8 @@ class DecodeConfig:
     require_prob: float = 0.5  # how sure the CNN must be of a noun for --require-object to insist on it
     # a content word (not grounding.FUNCTION_WORDS) may be said only once: no "a cat on top of a cat"
     no_repeat_words: bool = False
+    # models with a person detector (ModelConfig.person_gate): person words only where it says there is one
+    person_gate: bool = False
 
     def validate(self) -> None:
         if self.method not in DECODE_METHODS:

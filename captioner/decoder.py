@@ -37,6 +37,7 @@ class DecoderOutput(NamedTuple):
     logits: torch.Tensor  # (B,T,V); for copy models the mixture's log-probabilities (already normalised)
     alphas: torch.Tensor | None  # (B,T,P) attention weights per step, None without attention
     targets: torch.Tensor | None = None  # (B,T) the targets the loss must use, when the model adjusted them
+    person_logit: torch.Tensor | None = None  # (B,) the person detector's logit (cfg.person_gate), else None
 
 
 class SoftAttention(nn.Module):
@@ -103,6 +104,11 @@ class CaptionDecoder(nn.Module):
         # Weight tying (Press & Wolf, 2017): the output layer reuses the embedding matrix, via H->D if needed.
         self.out_proj = nn.Linear(H, D) if cfg.tie_weights and H != D else None
         self.fc = nn.Linear(D if cfg.tie_weights else H, copy.gen_size if copy is not None else vocab_size)
+        # Is there a person in the picture? A linear detector on the mean feature, trained beside the caption on
+        # labels read from the captions, with the classes balanced (training.person_targets); decoding lets a
+        # caption say "man", "people", ... only when it fires (DecodeConfig.person_gate). Fang et al. (CVPR
+        # 2015, "From Captions to Visual Concepts and Back") train word detectors from captions the same way.
+        self.person_head = nn.Linear(feature_dim, 1) if cfg.person_gate else None
         if cfg.tie_weights:
             self.fc.weight = self.embed.weight
 
@@ -125,6 +131,8 @@ class CaptionDecoder(nn.Module):
             state["memory_proj"] = self.attention.memory_proj(features)  # (B,P,A)
         if self.copy is not None:
             state = self.copy.init_state(raw, summary, state)
+        if self.person_head is not None:
+            state["person_logit"] = self.person_head(raw.mean(dim=1)).squeeze(1)  # (B,)
         return state
 
     def _rnn_hidden(self, state: State):
@@ -197,8 +205,9 @@ class CaptionDecoder(nn.Module):
                 # With the targets known, the output layer (the largest matmul) runs on real words only, not
                 # on PAD: logits (1,N,V) for the N non-PAD targets, returned with those targets (1,N).
                 real = targets != Vocabulary.pad_id  # (B,T)
-                return DecoderOutput(self._logits(out[real]).unsqueeze(0), None, targets[real].unsqueeze(0))
-            return DecoderOutput(self._output(out, x, state, hide), None, targets)
+                return DecoderOutput(self._logits(out[real]).unsqueeze(0), None, targets[real].unsqueeze(0),
+                                     state.get("person_logit"))
+            return DecoderOutput(self._output(out, x, state, hide), None, targets, state.get("person_logit"))
         logits, alphas = [], []
         prev = tokens[:, 0]
         for t in range(tokens.size(1)):
@@ -211,4 +220,5 @@ class CaptionDecoder(nn.Module):
             logits.append(self._output(out, x, state, hide[:, t] if hide is not None else None))  # (B,V)
             if "alpha" in state:
                 alphas.append(state["alpha"])
-        return DecoderOutput(torch.stack(logits, 1), torch.stack(alphas, 1) if alphas else None, targets)
+        return DecoderOutput(torch.stack(logits, 1), torch.stack(alphas, 1) if alphas else None, targets,
+                             state.get("person_logit"))

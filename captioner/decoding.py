@@ -280,6 +280,23 @@ def requiring(step_fn: StepFn, eos_id: int) -> StepFn:
     return step
 
 
+def banning(step_fn: StepFn) -> StepFn:
+    """Per-row banned words: state["ban"] (N,V) bool, batch first so searches reorder it."""
+    def step(tokens: torch.Tensor, state: State):
+        log_probs, state = step_fn(tokens, state)
+        return log_probs.masked_fill(state["ban"], NEG_INF), state
+    return step
+
+
+def person_ban(person_logit: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+    """Rows whose person detector does not fire (probability < 0.5, i.e. logit < 0) may say no person word:
+    person_logit (B,) -> ban (B,V)."""
+    from .grounding import PERSON_WORDS
+
+    words = torch.tensor([w in PERSON_WORDS for w in vocab.itos], device=person_logit.device)  # (V,)
+    return (person_logit < 0).unsqueeze(1) & words.unsqueeze(0)
+
+
 @torch.no_grad()
 def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig) -> list[list[Hypothesis]]:
     """Caption a batch of encoded inputs: features (B,P,E) -> per example `num_captions` hypotheses, best first.
@@ -294,6 +311,9 @@ def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig
         state = {**state, "must": torch.where(confident, state["cand_ids"], torch.full_like(state["cand_ids"], -1)),
                  "said": torch.zeros(features.size(0), dtype=torch.bool, device=features.device)}
         step = requiring(decoder.step, vocab.eos_id)
+    if cfg.person_gate and "person_logit" in state:  # a model without a detector decodes as before
+        state = {**state, "ban": person_ban(state["person_logit"], vocab)}
+        step = banning(step)
     B = features.size(0)
     rules = rules_for(cfg, vocab)
     if cfg.method == "greedy":

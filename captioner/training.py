@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import model_payload, save_checkpoint
 from .config import DecodeConfig, TrainConfig
-from .datasets import CaptionPairs, CaptionSet, collate_pairs, training_weights
+from .datasets import CaptionPairs, CaptionSet, collate_pairs, shows_person, training_weights
 from .decoding import decode
 from .errors import ConfigError
 from .features import encode_images
@@ -54,15 +54,35 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, alphas: torch.Tens
 
 def teacher_forced_loss(model: torch.nn.Module, inputs, captions: torch.Tensor, *, encoded: bool = True,
                         sampling_prob: float = 0.0, hide_prob: float = 0.0, label_smoothing: float = 0.0,
-                        alpha_c: float = 0.0) -> tuple[torch.Tensor, int]:
+                        alpha_c: float = 0.0, person: PersonTargets | None = None,
+                        index: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Teacher forcing on captions (B,T+1) (BOS w1 .. EOS PAD..) -> (masked mean loss, target tokens).
-    A copy model may adjust the targets (words it cannot produce become UNK, see copying.py)."""
+    A copy model may adjust the targets (words it cannot produce become UNK, see copying.py). A model with a
+    person detector adds its balanced binary cross-entropy on the items `index` (B,) of `person`."""
     targets = captions[:, 1:]  # (B,T)
     out = model(inputs, captions[:, :-1], sampling_prob, encoded=encoded, targets=targets, hide_prob=hide_prob)
     if out.targets is not None:
         targets = out.targets
     loss = caption_loss(out.logits, targets, out.alphas, label_smoothing=label_smoothing, alpha_c=alpha_c)
+    if out.person_logit is not None and person is not None and index is not None:
+        loss = loss + person.loss(out.person_logit, index)
     return loss, int((targets != 0).sum())
+
+
+class PersonTargets:
+    """Per training image, whether it shows a person (datasets.shows_person), and the detector's loss:
+    binary cross-entropy with the positives weighted by (1 - s) / s, s the share of person photos among the
+    draws, so both classes count alike and the detector has no prior for either (a photo unlike any training
+    photo is not "a person" by default, as it is for the caption decoder)."""
+
+    def __init__(self, labels: torch.Tensor, weights: torch.Tensor):
+        self.labels = labels.float()  # (N_img,)
+        share = float((weights * self.labels.double()).sum() / weights.sum())
+        self.pos_weight = torch.tensor((1 - share) / max(share, 1e-6))
+
+    def loss(self, logit: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        target = self.labels.to(logit.device)[index.to(logit.device)]
+        return F.binary_cross_entropy_with_logits(logit, target, pos_weight=self.pos_weight.to(logit.device))
 
 
 class EpochSampler(Sampler[int]):
@@ -113,7 +133,7 @@ class _Media:
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     device: torch.device, cfg: TrainConfig, *, cached: bool, sampling_prob: float = 0.0,
                     stats: EpochStats | None = None, should_stop: Callable[[], bool] = lambda: False,
-                    desc: str = "train", progress: bool = True) -> EpochStats:
+                    desc: str = "train", progress: bool = True, person: PersonTargets | None = None) -> EpochStats:
     """One pass of teacher forcing + BPTT over whole captions. `model` is a CaptionModel or its
     DistributedDataParallel wrapper; `cached` says whether the loader yields features or images.
     Stops early (stats.stopped) when `should_stop()` turns true."""
@@ -122,11 +142,11 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=len(loader.sampler), desc=desc, unit="cap", disable=not progress, leave=False,
                dynamic_ncols=True)
-    for inputs, captions, _ in loader:
+    for inputs, captions, index in loader:
         inputs, captions = media_to(inputs, device), captions.to(device)  # captions (B,T+1): BOS w1 .. EOS PAD..
         loss, n_tok = teacher_forced_loss(model, inputs, captions, encoded=cached, sampling_prob=sampling_prob,
                                           hide_prob=cfg.copy_hide, label_smoothing=cfg.label_smoothing,
-                                          alpha_c=cfg.alpha_c)
+                                          alpha_c=cfg.alpha_c, person=person, index=index)
         stats.add(loss, n_tok, optimisation_step(loss, params, optimizer, cfg.grad_clip))
         bar.update(captions.size(0))
         bar.set_postfix(loss=f"{stats.loss:.3f}")
@@ -321,6 +341,8 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             load = _Media(paths, build_transform(model.transform_spec, train=True), model.cfg.num_frames)
         pairs = CaptionPairs(train_set.items, vocab, load, cfg.max_len)
         image_weights = training_weights(train_set.items, cfg.person_share)  # (N_img,)
+        person = (PersonTargets(torch.tensor([shows_person(it) for it in train_set.items]), image_weights)
+                  if model.cfg.person_gate else None)
         scst = cfg.objective == "cider"
         if scst:
             if not cached:
@@ -364,7 +386,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             else:
                 stats = train_one_epoch(trained, loader, optimizer, device, cfg, cached=cached,
                                         sampling_prob=sampling, stats=stats, should_stop=stop, desc=desc,
-                                        progress=progress)
+                                        progress=progress, person=person)
             if stats.stopped:
                 save("last.pt", epoch, True)
                 log(f"stopped in epoch {epoch + 1} after {stats.batches} batches; resume with --resume "

@@ -149,3 +149,40 @@ def test_mismatched_source_flags_are_one_line_errors(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--images given 3 times for 2 --data sources" in lines[0]
+
+
+def test_person_detector_trains_beside_the_caption_and_gates_person_words(tmp_path, feature_cache):
+    from captioner.config import ModelConfig
+    from captioner.decoding import decode
+    from captioner.features import encode_images
+    from captioner.grounding import PERSON_WORDS
+    from captioner.model import build_model
+    from captioner.training import fit
+
+    data = read_captions(str(COCO_MINI_TRAIN), str(COCO_MINI_TRAIN_IMAGES))
+    vocab = Vocabulary.build((c for it in data.items for c in it.captions), min_freq=1)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(embed_dim=32, hidden_dim=64, dropout=0.0, person_gate=True), len(vocab))
+    cfg = TrainConfig(epochs=8, batch_size=32, lr=3e-3, patience=0, scheduler="none", min_freq=1)
+    fit(model, vocab, data, None, cfg, str(tmp_path), torch.device("cpu"), cache_dir=feature_cache,
+        progress=False, log=lambda m: None)
+    model.eval()
+    feats = encode_images(model, [it.image for it in data.items], torch.device("cpu"), cache_dir=feature_cache,
+                          progress=False).float()  # (N,1,E)
+    labels = torch.tensor([shows_person(it) for it in data.items])
+    with torch.no_grad():
+        fired = model.decoder.init_state(feats)["person_logit"] > 0
+    assert 0 < int(labels.sum()) < len(labels)
+    balanced_accuracy = (fired[labels].float().mean() + (~fired[~labels]).float().mean()) / 2
+    assert balanced_accuracy > 0.75, balanced_accuracy  # it learned the labels, for both classes
+
+    free = DecodeConfig(method="greedy")
+    gated = DecodeConfig(method="greedy", person_gate=True)
+    plain = [vocab.decode(h[0].tokens) for h in decode(model.decoder, feats, vocab, free)]
+    kept = [vocab.decode(h[0].tokens) for h in decode(model.decoder, feats, vocab, gated)]
+    for said, gate_said, on in zip(plain, kept, fired.tolist()):
+        if on:
+            assert gate_said == said  # where it fires, nothing changes
+        else:
+            assert not PERSON_WORDS & set(gate_said.split()), gate_said
+    assert any(PERSON_WORDS & set(p.split()) for p, on in zip(plain, fired.tolist()) if not on)  # it did change some
