@@ -451,11 +451,11 @@ def launch(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, share: bo
 # ---------------------------------------------------------------- CLI (wired into cli.py)
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from .cli import DEFAULT_CHECKPOINT
+    from .cli import CHECKPOINT_HELP
 
     s = sub.add_parser("serve", help="start the web app (Gradio) on http://HOST:PORT",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
+    s.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for the whole network")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--share", action="store_true", help="also open a public *.gradio.live link (needs internet)")

@@ -25,13 +25,13 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
 
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import DEFAULT_CHECKPOINT, _add_decode_flags  # lazy: cli.py imports this module
+    from .cli import CHECKPOINT_HELP, _add_decode_flags  # lazy: cli.py imports this module
 
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video file, folder (searched recursively), glob (quote it) or .txt file "
                         "listing paths")
     p.add_argument("--out", required=True, help="results file: .jsonl or .csv; appended to and resumed from")
-    p.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader processes decoding images and videos (default: min(2, CPU count))")

@@ -16,8 +16,7 @@ from .config import (DATASET_FORMATS, DECODE_METHODS, OBJECTIVES, RNN_TYPES, SCH
                      ModelConfig, TrainConfig)
 from .errors import CaptionerError, ConfigError
 
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
-                                  "default.pt")
+CHECKPOINT_HELP = "model file (default: the installed default model, or $CAPTIONER_CHECKPOINT)"
 
 
 def _add_decode_flags(p: argparse.ArgumentParser) -> None:
@@ -58,6 +57,8 @@ def _overrides(cls, args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captioner", description="Image captioning: train, caption, evaluate.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"captioner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a captioning model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -153,14 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="subtitle format for --segments")
     c.add_argument("--out", dest="out_dir", metavar="DIR",
                    help="with --segments: write DIR/<video name>.<format> per video instead of printing")
-    c.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
+    c.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     c.add_argument("--json", action="store_true", help="print one JSON object per line")
     c.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     c.add_argument("--device", default="auto")
     _add_decode_flags(c)
 
     e = sub.add_parser("evaluate", help="caption a dataset split and score it (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D)")
-    e.add_argument("--checkpoint", help=f"model file (default: {DEFAULT_CHECKPOINT} if present)")
+    e.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     e.add_argument("--data", required=True, help="annotations with reference captions (any supported format)")
     e.add_argument("--images", help="image folder (default: the annotation file's folder)")
     e.add_argument("--format", choices=DATASET_FORMATS)
@@ -188,12 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _checkpoint_path(path: str | None) -> str:
-    if path:
-        return path
-    if os.path.isfile(DEFAULT_CHECKPOINT):
-        return DEFAULT_CHECKPOINT
-    raise ConfigError("no --checkpoint given and no default model at assets/default.pt; "
-                      "train one with `captioner train` and pass --checkpoint runs/NAME/best.pt")
+    from .defaults import resolve_checkpoint
+
+    return resolve_checkpoint(path)
 
 
 def cmd_caption(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
+from .defaults import resolve_checkpoint
 from .decoding import Hypothesis, decode
 from .errors import CaptionerError, ConfigError, MediaError
 from .media import (VIDEO_EXTENSIONS, Clip, build_transform, clip_tensor, is_video, load_media_tensor, media_to,
@@ -70,7 +71,10 @@ class Captioner:
         self.info = info or {}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto", decode: DecodeConfig | None = None) -> "Captioner":
+    def load(cls, path: str | os.PathLike | None = None, device: str = "auto",
+             decode: DecodeConfig | None = None) -> "Captioner":
+        """Load a checkpoint (default: the installed default model, see defaults.py)."""
+        path = resolve_checkpoint(path)
         ckpt = load_checkpoint(path)
         model, vocab = model_from_checkpoint(ckpt, os.fspath(path))
         stored = ckpt.get("decode_config")

@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from captioner.cli import DEFAULT_CHECKPOINT  # noqa: E402
+from captioner.defaults import default_checkpoint  # noqa: E402
 from captioner.inference import Captioner  # noqa: E402
 from captioner.media import read_video_frames  # noqa: E402
 
@@ -93,10 +93,11 @@ def peak_mb(what: str, path: str, ckpt: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--keep", help="folder to keep (and reuse) the generated long video in")
     args = ap.parse_args()
+    args.checkpoint = args.checkpoint or default_checkpoint()
     torch.set_num_threads(os.cpu_count() or 1)
     cap = Captioner.load(args.checkpoint, device="cpu")
     folder = args.keep or tempfile.mkdtemp(prefix="bench-video-")

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from captioner.cli import DEFAULT_CHECKPOINT  # noqa: E402
+from captioner.defaults import default_checkpoint  # noqa: E402
 from captioner.config import DecodeConfig, ModelConfig, TrainConfig  # noqa: E402
 from captioner.datasets import read_captions  # noqa: E402
 from captioner.evaluation import generate  # noqa: E402
@@ -112,7 +112,7 @@ def main() -> None:
     rows = [("LSTM, no copying", score(plain, test)), ("LSTM + copy (K=5)", score(copy, test))]
     rows.append(("LSTM + copy (K=5), --require-object", score(copy, test, True)))
     if args.full:
-        rows.append(("full data, no copying (assets/default.pt)", score(DEFAULT_CHECKPOINT, test)))
+        rows.append(("full data, no copying (assets/default.pt)", score(default_checkpoint(), test)))
         rows.append(("full data, copy (K=5)", score(train(full, val, f"{args.out}/full-copy", 5, args.epochs), test)))
     print(table(rows))
     Path(args.out).mkdir(parents=True, exist_ok=True)

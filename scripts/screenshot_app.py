@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from captioner.app import launch  # noqa: E402
-from captioner.cli import DEFAULT_CHECKPOINT  # noqa: E402
+from captioner.defaults import default_checkpoint  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -28,7 +28,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--photo", default=str(ROOT / "assets" / "examples" / "surfers.jpg"))
     ap.add_argument("--out", default=str(ROOT / "assets" / "app-screenshot.png"))
     args = ap.parse_args()
@@ -37,7 +37,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = launch(args.checkpoint, port=port, device="cpu", prevent_thread_lock=True, quiet=True)
+    demo = launch(args.checkpoint or default_checkpoint(), port=port, device="cpu", prevent_thread_lock=True, quiet=True)
     try:
         with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
             browser = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.cli import DEFAULT_CHECKPOINT
+from captioner.defaults import default_checkpoint
 from captioner.config import ModelConfig, TrainConfig
 from captioner.datasets import read_captions
 from captioner.decoder import CaptionDecoder
@@ -195,7 +195,7 @@ def test_shot_segments_cut_where_the_clips_meet(tmp_path):
     """Real clips of a ski slope (one continuous shot) then a cooking scene: a cut where they meet."""
     path = tmp_path / "two.mp4"
     cut = _concatenate(VIDEOS / "video8105.mp4", VIDEOS / "jPBxl9gFqNY_110_117.avi", path)
-    cap = Captioner.load(DEFAULT_CHECKPOINT)  # the shipped image model: shot detection needs real features
+    cap = Captioner.load(default_checkpoint())  # the shipped image model: shot detection needs real features
     segments = cap.caption_segments(path, window="shots", method="greedy")
     bounds = [s.start for s in segments[1:]]
     assert any(abs(b - cut) <= 0.5 for b in bounds), (cut, [(s.start, s.end, s.caption) for s in segments])
