@@ -450,6 +450,14 @@ def launch(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, share: bo
 
 # ---------------------------------------------------------------- CLI (wired into cli.py)
 
+def require_extra(module: str, extra: str, what: str) -> None:
+    """A one-line error naming the extra to install when an optional dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{what} needs {module}, which is not installed: pip install 'captioner[{extra}]'")
+
+
 def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from .cli import CHECKPOINT_HELP
 
@@ -470,6 +478,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 def cmd_serve(args: argparse.Namespace) -> int:
     from .cli import _checkpoint_path
 
+    require_extra("gradio", "app", "the web app")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     launch(_checkpoint_path(args.checkpoint), host=args.host, port=args.port, share=args.share,

@@ -70,3 +70,13 @@ def test_a_missing_named_checkpoint_is_one_line(wheel_env):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "$CAPTIONER_CHECKPOINT names '/nonexistent/model.pt'" in lines[0]
+
+
+def test_a_missing_optional_dependency_names_its_extra():
+    from captioner.app import require_extra
+    from captioner.errors import ConfigError
+
+    require_extra("gradio", "app", "the web app")  # installed here: no error
+    with pytest.raises(ConfigError, match=r"^the web app needs no_such_module_xyz, which is not installed: "
+                                          r"pip install 'captioner\[app\]'$"):
+        require_extra("no_such_module_xyz", "app", "the web app")
