@@ -33,8 +33,7 @@ from .segments import format_subtitles, parse_window
 
 log = logging.getLogger(__name__)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_EXAMPLES = os.path.join(ROOT, "assets", "examples")
+from .serve_cli import DEFAULT_CONCURRENCY, DEFAULT_EXAMPLES, DEFAULT_MAX_QUEUE  # noqa: E402
 MAX_UPLOAD_MB = 20  # per uploaded image
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 MAX_VIDEO_MB = 200  # per uploaded video; Gradio's upload route refuses anything larger outright
@@ -43,8 +42,6 @@ LONG_CLIP_S = 20.0  # clips longer than this get timed captions in "auto" mode
 SEEN_LABEL = "What the CNN sees (its ImageNet classes as everyday nouns)"
 TIMED_CHOICES = [("auto (clips over 20 s: 10 s windows)", "auto"), ("every 5 s", "5s"), ("every 10 s", "10s"),
                  ("every 30 s", "30s"), ("at shot changes", "shots"), ("off", "off")]
-DEFAULT_CONCURRENCY = 2  # captioning requests run at once (more just thrash 2 CPU cores)
-DEFAULT_MAX_QUEUE = 32  # requests waiting; beyond this Gradio tells the user the queue is full
 HEATMAP_SIZE = 384  # px, side of the attention overlay
 METHOD_CHOICES = [("beam search", "beam"), ("greedy", "greedy"), ("sampling", "sample")]
 CSS = """
@@ -448,42 +445,8 @@ def launch(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, share: bo
     return demo
 
 
-# ---------------------------------------------------------------- CLI (wired into cli.py)
-
-def require_extra(module: str, extra: str, what: str) -> None:
-    """A one-line error naming the extra to install when an optional dependency is missing."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"{what} needs {module}, which is not installed: pip install 'captioner[{extra}]'")
-
-
-def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from .cli import CHECKPOINT_HELP
-
-    s = sub.add_parser("serve", help="start the web app (Gradio) on http://HOST:PORT",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--checkpoint", help=CHECKPOINT_HELP)
-    s.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for the whole network")
-    s.add_argument("--port", type=int, default=7860)
-    s.add_argument("--share", action="store_true", help="also open a public *.gradio.live link (needs internet)")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    s.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests captioned at once")
-    s.add_argument("--max-queue", dest="max_queue", type=int, default=DEFAULT_MAX_QUEUE,
-                   help="requests allowed to wait; more are turned away")
-    s.add_argument("--examples", default=DEFAULT_EXAMPLES, help="folder of clickable example images and clips")
-    return s
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .cli import _checkpoint_path
-
-    require_extra("gradio", "app", "the web app")
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
-    launch(_checkpoint_path(args.checkpoint), host=args.host, port=args.port, share=args.share,
-           device=args.device, examples_dir=args.examples, concurrency=args.concurrency, max_queue=args.max_queue)
-    return 0
+# ---------------------------------------------------------------- CLI: serve_cli.py (kept importable from here)
+from .serve_cli import add_serve_parser, cmd_serve  # noqa: E402
 
 
 __all__ = ["build_app", "launch", "launch_options", "add_serve_parser", "cmd_serve", "attention_overlay",

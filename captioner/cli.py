@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a checkpoint: model, data, scores")
     i.add_argument("checkpoint", nargs="?")
-    from .app import add_serve_parser  # gradio itself is imported only when `serve` runs
+    from .serve_cli import add_serve_parser  # gradio itself is imported only when `serve` runs
     from .batch_cli import add_batch_parser
     add_batch_parser(sub)
     add_serve_parser(sub)
@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .batch_cli import cmd_batch
             return cmd_batch(args)
         if args.command == "serve":
-            from .app import cmd_serve
+            from .serve_cli import cmd_serve
             return cmd_serve(args)
         return cmd_info(args)
     except CaptionerError as exc:

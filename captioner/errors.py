@@ -19,3 +19,11 @@ class MediaError(CaptionerError, ValueError):
 
 class CheckpointError(CaptionerError, ValueError):
     """A checkpoint is missing, truncated, corrupt, or not a captioner checkpoint."""
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """A one-line error naming the extra to install when an optional dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{what} needs {module}, which is not installed: pip install 'captioner[{extra}]'")

@@ -37,7 +37,7 @@ def plot_run(run_dirs: str | list[str], out: str | None = None) -> str:
     """Write the curves of one run, or of runs that continue each other (a cross-entropy run, then the
     self-critical run started from it with --init), as a PNG (default <first run_dir>/curves.png); returns
     its path. Later runs' epochs follow the earlier ones', with a dashed line where each one starts."""
-    from .app import require_extra
+    from .errors import require_extra
 
     require_extra("matplotlib", "plot", "captioner plot")
     import matplotlib

@@ -1,11 +1,16 @@
 """Turn a trained run's best.pt into the shipped default model (the last step of scripts/train_default.sh):
 
-1. choose the decoding settings on **val**: greedy, and beam 3 / 5 with length penalty 0, 0.5, 1.0, 1.5, each
-   with and without a ban on repeated bigrams ("a cat on top of a cat"); the best by val BLEU-4 (ties:
-   CIDEr-D) becomes the checkpoint's own `decode_config`, which every command uses;
-2. score that setting once on the held-out **test** split (`captioner evaluate`'s code path, METEOR included)
-   and record it as `held_out_scores`, with the val grid beside it;
-3. write the checkpoint without training state, decoder weights stored in fp16 (half the size; they are
+1. choose the search on **val**: greedy, and beam 3 / 5 with length penalty 0.5, 1.0, 1.5, the best by val BLEU-4
+   (ties: CIDEr-D). Set by construction, not chosen: a content word is said at most once (`no_repeat_words`: no
+   "a cat on top of a cat"), and a model with a person detector says a person only where it fires
+   (`person_gate`);
+2. for copy models, choose on **everyday** (the development set of photos from outside COCO) how sure the CNN
+   must be of a noun before the caption must name it (`--require-object`; off, or 0.3 / 0.5 / 0.7): the most
+   subjects named minus objects hallucinated; the chosen search and this become the checkpoint's own
+   `decode_config`, which every command uses;
+3. score that setting once on the held-out **test** split (`captioner evaluate`'s code path, METEOR included)
+   and record it as `held_out_scores` (with the grounding rates), with the val and everyday grids beside it;
+4. write the checkpoint without training state, decoder weights stored in fp16 (half the size; they are
    loaded back into fp32, and the scores above are measured on exactly these weights), atomically to --out.
 
     python scripts/ship_default.py runs/default/scst/best.pt --out assets/default.pt
@@ -16,24 +21,26 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 
 from captioner.checkpoint import load_checkpoint, save_checkpoint
 from captioner.config import DecodeConfig
 from captioner.datasets import read_and_report
 from captioner.errors import CaptionerError
 from captioner.evaluation import evaluate, format_table
+from captioner.grounding import format_grounding
 from captioner.inference import Captioner
 
-GRID = [DecodeConfig(method="greedy", no_repeat_ngram_size=n) for n in (0, 2)] + [
-    DecodeConfig(beam_size=k, length_penalty=lp, no_repeat_ngram_size=n)
-    for k in (3, 5) for lp in (0.0, 0.5, 1.0, 1.5) for n in (0, 2)]
+GRID = [DecodeConfig(method="greedy")] + [DecodeConfig(beam_size=k, length_penalty=lp)
+                                           for k in (3, 5) for lp in (0.5, 1.0, 1.5)]
+REQUIRE = (None, 0.3, 0.5, 0.7)
 TRAINING_STATE = ("optimizer_state", "scheduler_state", "rng", "batch", "epoch_loss_sum", "epoch_tokens",
                   "epoch_grad_norm_sum", "epoch_reward_sum", "epoch_samples")
 
 
 def label(cfg: DecodeConfig) -> str:
     name = "greedy" if cfg.method == "greedy" else f"beam {cfg.beam_size}, lp {cfg.length_penalty}"
-    return name + (f", no repeated {cfg.no_repeat_ngram_size}-grams" if cfg.no_repeat_ngram_size else "")
+    return name + (f", require p >= {cfg.require_prob}" if cfg.require_object else "")
 
 
 def main(argv=None) -> int:
@@ -56,20 +63,40 @@ def main(argv=None) -> int:
             cap = Captioner.load(unscored, device="cpu")
         finally:
             os.unlink(unscored)
+        model_cfg = cap.model.cfg
+        fixed = {"no_repeat_words": True, "person_gate": model_cfg.person_gate}
         rows = []
         for cfg in GRID:
-            report, _ = evaluate(cap, val, cfg, meteor=False, progress=False)
-            rows.append((cfg, report["metrics"]))
+            report, _ = evaluate(cap, val, replace(cfg, **fixed), meteor=False, progress=False)
+            rows.append((replace(cfg, **fixed), report["metrics"]))
         print("val decoding grid:\n" + format_table([(label(c), m) for c, m in rows]))
         best, _ = max(rows, key=lambda r: (r[1]["BLEU-4"], r[1]["CIDEr-D"]))
         print(f"chosen on val: {label(best)}")
+        everyday_rows = []
+        if model_cfg.copy_nouns:
+            everyday = read_and_report(os.path.join(args.data_dir, "..", "everyday", "captions.jsonl"), None, None,
+                                       None, "everyday (development set)", print)
+            for p in REQUIRE:
+                cfg = replace(best, require_object=p is not None, require_prob=p or best.require_prob)
+                report, _ = evaluate(cap, everyday, cfg, meteor=False, progress=False)
+                everyday_rows.append((cfg, report["grounding"], report["metrics"]))
+                g = report["grounding"]
+                print(f"everyday, {label(cfg)}: subject named {g['subject_named']:.3f}, object hallucination "
+                      f"{g['object_hallucination']:.3f}, person where none {g['person_hallucination']:.3f}, "
+                      f"BLEU-4 {report['metrics']['BLEU-4']:.4f}")
+            best = max(everyday_rows, key=lambda r: (r[1]["subject_named"] - r[1]["object_hallucination"],
+                                                     r[2]["BLEU-4"]))[0]
+            print(f"chosen on everyday: {label(best)}")
         t0 = time.time()
         report, _ = evaluate(cap, test, best, progress=False)
-        print("held-out test:\n" + format_table([(label(best), report["metrics"])]) + f"\n({time.time() - t0:.0f} s)")
+        print("held-out test:\n" + format_table([(label(best), report["metrics"])]) + "\n"
+              + format_grounding(report["grounding"]) + f"\n({time.time() - t0:.0f} s)")
         ckpt["decode_config"] = best.to_dict()
         ckpt["held_out_scores"] = {
             "split": f"coco2017 test ({len(test.items)} images, held out)", "decoding": best.to_dict(),
-            "metrics": report["metrics"],
+            "metrics": report["metrics"], "grounding": report["grounding"],
+            "everyday_grid": [{"decoding": label(c), **g, "BLEU-4": round(m["BLEU-4"], 4)}
+                              for c, g, m in everyday_rows],
             "val_decoding_grid": [{"decoding": label(c), **{k: round(v, 4) for k, v in m.items()
                                                              if isinstance(v, float)}} for c, m in rows]}
         save_checkpoint(args.out, ckpt)

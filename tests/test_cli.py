@@ -105,3 +105,13 @@ def test_user_errors_are_one_line(args, fragment, tmp_path):
 def test_bad_flag_value_is_rejected_by_argparse():
     proc = run("caption", "--method", "telepathy", "x.jpg")
     assert proc.returncode == 2 and "invalid choice: 'telepathy'" in proc.stderr
+
+
+def test_help_and_version_do_not_import_torch_or_gradio():
+    code = ("import sys\nfrom captioner.cli import main\n"
+            "for argv in (['--help'], ['--version'], ['caption', '--help'], ['serve', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'gradio', 'torchvision', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -73,7 +73,7 @@ def test_a_missing_named_checkpoint_is_one_line(wheel_env):
 
 
 def test_a_missing_optional_dependency_names_its_extra():
-    from captioner.app import require_extra
+    from captioner.errors import require_extra
     from captioner.errors import ConfigError
 
     require_extra("gradio", "app", "the web app")  # installed here: no error
