@@ -15,6 +15,21 @@ NUMBER_WORDS = {"two", "three", "four", "five", "six", "seven", "eight", "nine",
 
 @lru_cache(maxsize=None)
 def _engine():
+    # inflect wraps its functions in typeguard's @typechecked, which re-parses and instruments inflect's source
+    # at import: 3-5 s, the whole "first caption is slow" warm-up of the CLI. Its run-time argument checks are
+    # of no use to us (we pass plain words), so inflect is imported with the decorator as a no-op (what
+    # `python -O` does); typeguard's own behaviour elsewhere is restored at once.
+    import sys
+
+    if "inflect" not in sys.modules:
+        import typeguard
+
+        checked = typeguard.typechecked
+        typeguard.typechecked = lambda target=None, **_: target if target is not None else (lambda f: f)
+        try:
+            import inflect
+        finally:
+            typeguard.typechecked = checked
     import inflect
 
     return inflect.engine()
