@@ -16,7 +16,7 @@ n-gram blocking (Paulus et al., 2018) and the CTRL repetition penalty (Keskar et
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -317,10 +317,20 @@ def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig
     B = features.size(0)
     rules = rules_for(cfg, vocab)
     if cfg.method == "greedy":
-        return greedy(step, state, B, vocab.bos_id, cfg.max_len, rules)
-    if cfg.method == "beam":
-        return beam_search(step, state, B, cfg.beam_size, vocab.bos_id, cfg.max_len, rules,
+        hyps = greedy(step, state, B, vocab.bos_id, cfg.max_len, rules)
+    elif cfg.method == "beam":
+        hyps = beam_search(step, state, B, cfg.beam_size, vocab.bos_id, cfg.max_len, rules,
                            cfg.num_captions, cfg.length_penalty)
-    generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
-    return sample(step, state, B, cfg.num_captions, vocab.bos_id, cfg.max_len, rules, cfg.temperature,
-                  cfg.top_k, cfg.top_p, generator)
+    else:
+        generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+        hyps = sample(step, state, B, cfg.num_captions, vocab.bos_id, cfg.max_len, rules, cfg.temperature,
+                      cfg.top_k, cfg.top_p, generator)
+    if cfg.require_object:
+        # Forbidding EOS only helps when the model can work the noun in; where it could not within max_len (no
+        # hypothesis ended), the constraint gave a run-on caption, and the unconstrained one is better.
+        stuck = [b for b, h in enumerate(hyps) if not h or not h[0].finished]
+        if stuck:
+            free = decode(decoder, features[stuck], vocab, replace(cfg, require_object=False))
+            for b, h in zip(stuck, free):
+                hyps[b] = h
+    return hyps

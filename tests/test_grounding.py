@@ -186,3 +186,32 @@ def test_person_detector_trains_beside_the_caption_and_gates_person_words(tmp_pa
         else:
             assert not PERSON_WORDS & set(gate_said.split()), gate_said
     assert any(PERSON_WORDS & set(p.split()) for p, on in zip(plain, fired.tolist()) if not on)  # it did change some
+
+
+def test_require_object_falls_back_to_the_free_caption_where_the_model_cannot_name_it():
+    from captioner.decoding import decode
+
+    vocab = Vocabulary(list(SPECIALS) + "a dog on grass snake".split())
+    snake = vocab.stoi["snake"]
+
+    class NeverSaysSnake:  # a scripted decoder: "a dog on grass" then EOS, and "snake" never likely
+        def init_state(self, feats):
+            B = feats.size(0)
+            return {"t": torch.zeros(B, dtype=torch.long), "cand_ids": torch.full((B, 1), snake),
+                    "cand_logp": torch.full((B, 1), -0.1)}  # the CNN is sure: p = 0.9
+
+        def step(self, tokens, state):
+            script = [vocab.stoi[w] for w in "a dog on grass".split()] + [vocab.eos_id]
+            logp = torch.full((tokens.size(0), len(vocab)), -3.0)
+            logp[:, snake] = -50.0
+            for i, t in enumerate(state["t"].tolist()):
+                logp[i, script[min(t, len(script) - 1)]] = -0.05
+            return logp, {**state, "t": state["t"] + 1}
+
+    feats = torch.zeros(2, 1, 4)
+    for method in ("greedy", "beam"):
+        free = decode(NeverSaysSnake(), feats, vocab, DecodeConfig(method=method, max_len=8))
+        forced = decode(NeverSaysSnake(), feats, vocab, DecodeConfig(method=method, max_len=8, require_object=True))
+        assert [vocab.decode(h[0].tokens) for h in free] == ["a dog on grass"] * 2
+        assert [vocab.decode(h[0].tokens) for h in forced] == ["a dog on grass"] * 2  # not an 8-word run-on
+        assert all(h[0].finished for h in forced)
