@@ -290,7 +290,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     path = _checkpoint_path(args.checkpoint)
     ckpt = load_checkpoint(path)
-    info = {"checkpoint": os.path.abspath(path), "format_version": ckpt["format_version"],
+    from .defaults import checkpoint_origin
+
+    info = {"checkpoint": os.path.abspath(path), "found_as": checkpoint_origin(args.checkpoint),
+            "format_version": ckpt["format_version"],
             "captioner_version": ckpt.get("captioner_version"), "model": ckpt["model_config"],
             "encoder": ckpt.get("encoder"), "vocab_size": len(ckpt["vocab"]["itos"]), "epoch": ckpt.get("epoch"),
             "data": ckpt.get("data"), "scores": ckpt.get("scores"), "held_out_scores": ckpt.get("held_out_scores"),

@@ -45,3 +45,12 @@ def default_checkpoint() -> str:
 def resolve_checkpoint(path: str | os.PathLike | None) -> str:
     """`path` if given, else the default model."""
     return os.fspath(path) if path else default_checkpoint()
+
+
+def checkpoint_origin(path: str | None) -> str:
+    """How a command found its model, for `captioner info`."""
+    if path:
+        return "given on the command line"
+    if os.environ.get(ENV_VAR):
+        return f"${ENV_VAR}"
+    return "the installed default model" if _packaged() else "the source checkout's assets/default.pt"

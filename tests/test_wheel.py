@@ -58,6 +58,8 @@ def test_installed_wheel_captions_a_photo_offline_from_elsewhere(wheel_env):
     assert proc.returncode == 0, proc.stderr
     path, caption = proc.stdout.strip().split("\t")
     assert path == str(photo) and len(caption.split()) >= 3
+    proc = _run(wheel_env, wheel_env["bin"] / "captioner", "info")
+    assert proc.returncode == 0 and '"found_as": "the installed default model"' in proc.stdout, proc.stderr
     proc = _run(wheel_env, wheel_env["bin"] / "captioner", "--version")
     assert proc.returncode == 0 and proc.stdout.startswith("captioner ")
 
