@@ -46,6 +46,8 @@ def _add_decode_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--person-gate", dest="person_gate", action="store_true", default=None,
                    help="models with a person detector: person words only where it says there is a person")
     g.add_argument("--no-person-gate", dest="person_gate", action="store_false")
+    g.add_argument("--person-prob", dest="person_prob", type=float,
+                   help="how sure the person detector must be before a caption may say a person")
     g.add_argument("--allow-repeat-words", dest="no_repeat_words", action="store_false",
                    help="allow a content word to be said again")
 

@@ -198,6 +198,7 @@ class DecodeConfig:
     no_repeat_words: bool = False
     # models with a person detector (ModelConfig.person_gate): person words only where it says there is one
     person_gate: bool = False
+    person_prob: float = 0.5  # how sure the detector must be of a person before a caption may say one
 
     def validate(self) -> None:
         if self.method not in DECODE_METHODS:
@@ -212,6 +213,8 @@ class DecodeConfig:
             raise ConfigError(f"min_len ({self.min_len}) must be <= max_len ({self.max_len})")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ConfigError("temperature must be > 0, top_p in (0, 1], top_k >= 0")
+        if not 0.0 < self.person_prob < 1.0:
+            raise ConfigError(f"person_prob must be in (0, 1), got {self.person_prob}")
         if not 0.0 < self.require_prob <= 1.0:
             raise ConfigError(f"require_prob must be in (0, 1], got {self.require_prob}")
         if self.repetition_penalty < 1.0 or self.length_penalty < 0 or self.no_repeat_ngram_size < 0:

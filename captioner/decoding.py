@@ -288,13 +288,13 @@ def banning(step_fn: StepFn) -> StepFn:
     return step
 
 
-def person_ban(person_logit: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
-    """Rows whose person detector does not fire (probability < 0.5, i.e. logit < 0) may say no person word:
+def person_ban(person_logit: torch.Tensor, vocab: Vocabulary, prob: float = 0.5) -> torch.Tensor:
+    """Rows whose person detector is less than `prob` sure of a person may say no person word:
     person_logit (B,) -> ban (B,V)."""
     from .grounding import PERSON_WORDS
 
     words = torch.tensor([w in PERSON_WORDS for w in vocab.itos], device=person_logit.device)  # (V,)
-    return (person_logit < 0).unsqueeze(1) & words.unsqueeze(0)
+    return (person_logit < math.log(prob / (1 - prob))).unsqueeze(1) & words.unsqueeze(0)
 
 
 @torch.no_grad()
@@ -312,7 +312,7 @@ def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig
                  "said": torch.zeros(features.size(0), dtype=torch.bool, device=features.device)}
         step = requiring(decoder.step, vocab.eos_id)
     if cfg.person_gate and "person_logit" in state:  # a model without a detector decodes as before
-        state = {**state, "ban": person_ban(state["person_logit"], vocab)}
+        state = {**state, "ban": person_ban(state["person_logit"], vocab, cfg.person_prob)}
         step = banning(step)
     B = features.size(0)
     rules = rules_for(cfg, vocab)

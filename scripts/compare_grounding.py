@@ -7,7 +7,8 @@ val's BLEU-4, CIDEr-D, repetition and person-where-none. The README's grounding 
         --decode "beam 5, lp 1.0" "beam 5, lp 1.0, require 0.5, once"
 
 A decoding setting is a comma-separated list of: "greedy", "beam K", "lp A", "require P" (--require-object with
---require-prob P), "once" (--no-repeat-words), "checkpoint" (the checkpoint's own decode_config).
+--require-prob P), "free" (no --require-object), "once" / "repeat" (--no-repeat-words or not), "person [P]" /
+"anyone" (--person-gate [--person-prob P] or not), "checkpoint" (the checkpoint's own decode_config, the start of every setting).
 """
 from __future__ import annotations
 
@@ -43,9 +44,13 @@ def parse_decoding(text: str, base: DecodeConfig) -> DecodeConfig:
             cfg = replace(cfg, no_repeat_words=True)
         elif word == "repeat":
             cfg = replace(cfg, no_repeat_words=False)
+        elif word == "person":
+            cfg = replace(cfg, person_gate=True, person_prob=float(value or 0.5))
+        elif word == "anyone":
+            cfg = replace(cfg, person_gate=False)
         else:
             raise SystemExit(f"unknown decoding part {part!r}; use greedy, beam K, lp A, require P, free, once, "
-                             f"repeat or checkpoint")
+                             f"repeat, person, anyone or checkpoint")
     return cfg
 
 
