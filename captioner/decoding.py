@@ -280,6 +280,25 @@ def requiring(step_fn: StepFn, eos_id: int) -> StepFn:
     return step
 
 
+def forcing(step_fn: StepFn) -> StepFn:
+    """Rows begin with given words: state["force"] (N,L) word ids to say first (-1 = free from there on) and
+    state["force_t"] (N,) steps taken. A forced word gets log-probability 0 and every other word -inf: the
+    search ranks the captions by the words the model chose after it (a forced noun the model finds unlikely
+    would otherwise make length normalisation prefer run-ons), and their log_prob covers those words only."""
+    def step(tokens: torch.Tensor, state: State):
+        log_probs, state = step_fn(tokens, state)
+        t, force = state["force_t"], state["force"]
+        L = force.size(1)
+        want = force.gather(1, t.clamp(max=L - 1).unsqueeze(1)).squeeze(1)  # (N,)
+        want = torch.where(t < L, want, torch.full_like(want, -1))
+        if bool((want >= 0).any()):
+            index = want.clamp(min=0).unsqueeze(1)  # (N,1)
+            forced = torch.full_like(log_probs, NEG_INF).scatter(1, index, 0.0)
+            log_probs = torch.where((want >= 0).unsqueeze(1), forced, log_probs)
+        return log_probs, {**state, "force_t": t + 1}
+    return step
+
+
 def banning(step_fn: StepFn) -> StepFn:
     """Per-row banned words: state["ban"] (N,V) bool, batch first so searches reorder it."""
     def step(tokens: torch.Tensor, state: State):
@@ -298,9 +317,11 @@ def person_ban(person_logit: torch.Tensor, vocab: Vocabulary, prob: float = 0.5)
 
 
 @torch.no_grad()
-def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig) -> list[list[Hypothesis]]:
+def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig,
+           prefix: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     """Caption a batch of encoded inputs: features (B,P,E) -> per example `num_captions` hypotheses, best first.
-    `decoder` is anything with init_state(features) and step(tokens, state)."""
+    `decoder` is anything with init_state(features) and step(tokens, state). `prefix` (B,L): words each caption
+    must begin with (-1 = none from there on)."""
     cfg.validate()
     state = decoder.init_state(features)
     step = decoder.step
@@ -314,6 +335,10 @@ def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig
     if cfg.person_gate and "person_logit" in state:  # a model without a detector decodes as before
         state = {**state, "ban": person_ban(state["person_logit"], vocab, cfg.person_prob)}
         step = banning(step)
+    if prefix is not None:
+        state = {**state, "force": prefix.to(features.device),
+                 "force_t": torch.zeros(features.size(0), dtype=torch.long, device=features.device)}
+        step = forcing(step)
     B = features.size(0)
     rules = rules_for(cfg, vocab)
     if cfg.method == "greedy":
@@ -325,12 +350,31 @@ def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig
         generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
         hyps = sample(step, state, B, cfg.num_captions, vocab.bos_id, cfg.max_len, rules, cfg.temperature,
                       cfg.top_k, cfg.top_p, generator)
-    if cfg.require_object:
-        # Forbidding EOS only helps when the model can work the noun in; where it could not within max_len (no
-        # hypothesis ended), the constraint gave a run-on caption, and the unconstrained one is better.
-        stuck = [b for b, h in enumerate(hyps) if not h or not h[0].finished]
-        if stuck:
-            free = decode(decoder, features[stuck], vocab, replace(cfg, require_object=False))
-            for b, h in zip(stuck, free):
+    if cfg.require_object and prefix is None:
+        hyps = _unstick(decoder, features, vocab, cfg, hyps, state["must"])
+    return hyps
+
+
+def _unstick(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig,
+             hyps: list[list[Hypothesis]], must: torch.Tensor) -> list[list[Hypothesis]]:
+    """Forbidding EOS names the noun only when the model works it in by itself; where no hypothesis ended
+    within max_len, the caption is begun with it instead ("a snake ...", the constraint placed first, as
+    Anderson et al. 2017's constrained beam search may place it), and where even that does not end, the
+    unconstrained caption is kept rather than a run-on."""
+    stuck = [b for b, h in enumerate(hyps) if not h or not h[0].finished]
+    if not stuck:
+        return hyps
+    noun = must[stuck, 0]  # the most probable confident noun (candidates are sorted)
+    article = vocab.stoi.get("a")
+    if article is not None:
+        prefix = torch.stack([torch.full_like(noun, article), noun], dim=1)  # (S,2): "a <noun>"
+        begun = decode(decoder, features[stuck], vocab, replace(cfg, require_object=False), prefix=prefix)
+        for b, h in zip(stuck, begun):
+            if h and h[0].finished:
                 hyps[b] = h
+    stuck = [b for b, h in enumerate(hyps) if not h or not h[0].finished]
+    if stuck:
+        free = decode(decoder, features[stuck], vocab, replace(cfg, require_object=False))
+        for b, h in zip(stuck, free):
+            hyps[b] = h
     return hyps

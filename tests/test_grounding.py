@@ -188,7 +188,7 @@ def test_person_detector_trains_beside_the_caption_and_gates_person_words(tmp_pa
     assert any(PERSON_WORDS & set(p.split()) for p, on in zip(plain, fired.tolist()) if not on)  # it did change some
 
 
-def test_require_object_falls_back_to_the_free_caption_where_the_model_cannot_name_it():
+def test_require_object_begins_with_the_noun_where_the_model_cannot_work_it_in():
     from captioner.decoding import decode
 
     vocab = Vocabulary(list(SPECIALS) + "a dog on grass snake".split())
@@ -213,5 +213,7 @@ def test_require_object_falls_back_to_the_free_caption_where_the_model_cannot_na
         free = decode(NeverSaysSnake(), feats, vocab, DecodeConfig(method=method, max_len=8))
         forced = decode(NeverSaysSnake(), feats, vocab, DecodeConfig(method=method, max_len=8, require_object=True))
         assert [vocab.decode(h[0].tokens) for h in free] == ["a dog on grass"] * 2
-        assert [vocab.decode(h[0].tokens) for h in forced] == ["a dog on grass"] * 2  # not an 8-word run-on
+        # not an 8-word run-on that never names it: the caption is begun with the noun, the model goes on
+        assert [vocab.decode(h[0].tokens) for h in forced] == ["a snake on grass"] * 2
         assert all(h[0].finished for h in forced)
+        assert forced[0][0].log_prob == pytest.approx(-0.05 * 3)  # the words the model chose: on grass EOS
