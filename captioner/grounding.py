@@ -29,6 +29,7 @@ gentleman gentlemen baby babies toddler toddlers player players skier skiers sur
 skateboarders snowboarder snowboarders rider riders biker bikers cyclist cyclists someone crowd teenager
 teenagers adult adults mother father son daughter husband wife bride groom chef cook worker workers
 officer officers policeman soldier soldiers student students tourist tourists pedestrian pedestrians
+male males female females human humans individual individuals boyfriend girlfriend grandmother grandfather
 """.split())
 
 # COCO's 80 categories by the words captions use for them (multi-word names as token pairs).
