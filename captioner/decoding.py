@@ -265,21 +265,6 @@ def _filter_top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch
 REQUIRE_PROB = 0.5  # how sure the CNN must be of a noun to count as confident (--require-object's default)
 
 
-def requiring(step_fn: StepFn, eos_id: int) -> StepFn:
-    """Constrained decoding: a row may not end until it has said one of its required words.
-    state["must"] (N,M) holds each row's required word ids (-1 = none; a row with none is free), and
-    state["said"] (N,) whether it has said one; both have the batch first, so searches reorder them."""
-    def step(tokens: torch.Tensor, state: State):
-        must = state["must"]
-        said = state["said"] | (tokens.unsqueeze(1) == must).any(1)  # (N,)
-        log_probs, state = step_fn(tokens, state)
-        blocked = ~said & (must >= 0).any(1)  # (N,)
-        log_probs = log_probs.clone()
-        log_probs[blocked, eos_id] = NEG_INF
-        return log_probs, {**state, "said": said}
-    return step
-
-
 def forcing(step_fn: StepFn) -> StepFn:
     """Rows begin with given words: state["force"] (N,L) word ids to say first (-1 = free from there on) and
     state["force_t"] (N,) steps taken. A forced word gets log-probability 0 and every other word -inf: the
@@ -325,13 +310,8 @@ def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig
     cfg.validate()
     state = decoder.init_state(features)
     step = decoder.step
-    if cfg.require_object:
-        if "cand_ids" not in state:
-            raise ConfigError("--require-object needs a copy model (captioner train --copy-nouns K)")
-        confident = state["cand_logp"] >= math.log(cfg.require_prob)  # (B,K)
-        state = {**state, "must": torch.where(confident, state["cand_ids"], torch.full_like(state["cand_ids"], -1)),
-                 "said": torch.zeros(features.size(0), dtype=torch.bool, device=features.device)}
-        step = requiring(decoder.step, vocab.eos_id)
+    if cfg.require_object and "cand_ids" not in state:
+        raise ConfigError("--require-object needs a copy model (captioner train --copy-nouns K)")
     if cfg.person_gate and "person_logit" in state:  # a model without a detector decodes as before
         state = {**state, "ban": person_ban(state["person_logit"], vocab, cfg.person_prob)}
         step = banning(step)
@@ -351,30 +331,28 @@ def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig
         hyps = sample(step, state, B, cfg.num_captions, vocab.bos_id, cfg.max_len, rules, cfg.temperature,
                       cfg.top_k, cfg.top_p, generator)
     if cfg.require_object and prefix is None:
-        hyps = _unstick(decoder, features, vocab, cfg, hyps, state["must"])
+        hyps = _name_the_subject(decoder, features, vocab, cfg, hyps, state)
     return hyps
 
 
-def _unstick(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig,
-             hyps: list[list[Hypothesis]], must: torch.Tensor) -> list[list[Hypothesis]]:
-    """Forbidding EOS names the noun only when the model works it in by itself; where no hypothesis ended
-    within max_len, the caption is begun with it instead ("a snake ...", the constraint placed first, as
-    Anderson et al. 2017's constrained beam search may place it), and where even that does not end, the
-    unconstrained caption is kept rather than a run-on."""
-    stuck = [b for b, h in enumerate(hyps) if not h or not h[0].finished]
-    if not stuck:
-        return hyps
-    noun = must[stuck, 0]  # the most probable confident noun (candidates are sorted)
+def _name_the_subject(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig,
+                      hyps: list[list[Hypothesis]], state: State) -> list[list[Hypothesis]]:
+    """--require-object: a caption that names none of the nouns the CNN is at least cfg.require_prob sure of is
+    decoded again beginning with the most probable one, "a <noun> ..." (the subject first: the constraint
+    placed where Anderson et al. 2017's constrained beam search may place it, and where a noun reads as what
+    the photo shows; forbidding EOS until the noun is said, tried first, tacked it onto the end: "... on the
+    side of a road snake"). Where the begun caption does not end within max_len, the free one stays."""
+    confident = state["cand_logp"] >= math.log(cfg.require_prob)  # (B,K), candidates most probable first
+    ids = state["cand_ids"].tolist()
+    todo = [b for b, h in enumerate(hyps) if bool(confident[b, 0]) and h and
+            not any(w in h[0].tokens for w, ok in zip(ids[b], confident[b].tolist()) if ok)]
     article = vocab.stoi.get("a")
-    if article is not None:
-        prefix = torch.stack([torch.full_like(noun, article), noun], dim=1)  # (S,2): "a <noun>"
-        begun = decode(decoder, features[stuck], vocab, replace(cfg, require_object=False), prefix=prefix)
-        for b, h in zip(stuck, begun):
-            if h and h[0].finished:
-                hyps[b] = h
-    stuck = [b for b, h in enumerate(hyps) if not h or not h[0].finished]
-    if stuck:
-        free = decode(decoder, features[stuck], vocab, replace(cfg, require_object=False))
-        for b, h in zip(stuck, free):
+    if not todo or article is None:
+        return hyps
+    noun = state["cand_ids"][todo, 0]  # (S,)
+    prefix = torch.stack([torch.full_like(noun, article), noun], dim=1)  # (S,2): "a <noun>"
+    begun = decode(decoder, features[todo], vocab, replace(cfg, require_object=False), prefix=prefix)
+    for b, h in zip(todo, begun):
+        if h and h[0].finished:
             hyps[b] = h
     return hyps

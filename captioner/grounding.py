@@ -30,6 +30,8 @@ skateboarders snowboarder snowboarders rider riders biker bikers cyclist cyclist
 teenagers adult adults mother father son daughter husband wife bride groom chef cook worker workers
 officer officers policeman soldier soldiers student students tourist tourists pedestrian pedestrians
 male males female females human humans individual individuals boyfriend girlfriend grandmother grandfather
+motorcyclist motorcyclists athlete athletes spectator spectators passenger passengers driver drivers vendor
+vendors customer customers shopper shoppers batter catcher pitcher umpire umpires hiker hikers swimmer swimmers
 """.split())
 
 # COCO's 80 categories by the words captions use for them (multi-word names as token pairs).
