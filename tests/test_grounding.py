@@ -217,3 +217,19 @@ def test_require_object_begins_with_the_noun_where_the_model_cannot_work_it_in()
         assert [vocab.decode(h[0].tokens) for h in forced] == ["a snake on grass"] * 2
         assert all(h[0].finished for h in forced)
         assert forced[0][0].log_prob == pytest.approx(-0.05 * 3)  # the words the model chose: on grass EOS
+
+
+def test_the_shipped_default_decodes_grounded_and_names_a_subject_coco_has_no_word_for():
+    from captioner.checkpoint import load_checkpoint
+    from captioner.defaults import default_checkpoint
+    from captioner.inference import Captioner
+
+    ckpt = load_checkpoint(default_checkpoint())
+    decode = ckpt["decode_config"]
+    assert decode["no_repeat_words"] and decode["person_gate"] and decode["require_object"]
+    assert ckpt["model_config"]["copy_nouns"] and ckpt["model_config"]["concepts"]
+    assert "grounding" in ckpt["held_out_scores"] and ckpt["held_out_scores"]["everyday_grid"]
+    cap = Captioner.load(default_checkpoint(), device="cpu")
+    result = cap.caption_detailed([str(DATA / "everyday" / "images" / "wolf_snow.jpg")])[0]
+    assert result.candidates[0].word == "wolf" and "wolf" not in cap.vocab.itos[:cap.vocab.generated]
+    assert "wolf" in result.caption.split(), result.caption  # copied: no training caption says it
