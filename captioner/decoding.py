@@ -153,7 +153,8 @@ def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int, 
 
     Finished hypotheses are ranked by score / lp(len). An example leaves the batch once it has K finished
     hypotheses and no live beam can still beat the worst of them. At max_len, unfinished beams fill up
-    what finished ones do not (never an empty result).
+    what finished ones do not; when the rules forbid every continuation of an example that has no finished
+    hypothesis, its best beam so far is returned unfinished (possibly with no words): never an empty result.
     """
     K, device = beam_size, _device(state)
     examples = list(range(batch_size))  # original index of each example still in flight
@@ -194,6 +195,9 @@ def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int, 
             done = sorted(finished[ex], key=lambda h: -h.score)[:K]
             finished[ex] = done
             # Stopping once the n-th best cannot be beaten gives the same n-best as waiting for K of them.
+            if not live and not done:  # every continuation is forbidden: what it has said so far, unfinished
+                finished[ex] = [_hyp(seqs[r], float(beam_score[e, k]), float(beam_logp[r]), False, att, r, alpha)
+                                for k, r in enumerate(range(e * K, e * K + K)) if beam_score[e, k] > NEG_INF][:1]
             if (len(done) >= num_captions and live_bound <= done[num_captions - 1].score) or not live:
                 continue  # this example is complete: it leaves the batch
             while len(live) < K:  # pad with dead beams so every example keeps K rows

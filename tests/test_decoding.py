@@ -242,3 +242,19 @@ def test_hypothesis_fields_are_plain_python():
     h = run_beam(step, step.state([0]), 1, 2)[0][0]
     assert isinstance(h, Hypothesis) and isinstance(h.log_prob, float)
     assert all(isinstance(t, int) for t in h.tokens)
+
+
+def test_beam_search_returns_a_hypothesis_even_when_every_continuation_is_banned():
+    """Issue 13's defect: with every word banned (here all but EOS, and EOS before min_len), beam search used to
+    return no hypothesis, and every caller indexes [0]."""
+    from captioner.decoding import Rules, beam_search
+
+    V, eos = 6, 2
+
+    def step(tokens, state):
+        return torch.log_softmax(torch.zeros(tokens.size(0), V), -1), state
+
+    rules = Rules(eos_id=eos, min_len=3, banned=(0, 1, 3, 4, 5))
+    hyps = beam_search(step, {"x": torch.zeros(2, 1)}, 2, 3, 1, 10, rules)
+    assert [len(h) for h in hyps] == [1, 1]
+    assert hyps[0][0].tokens == [] and not hyps[0][0].finished
