@@ -105,7 +105,7 @@ class CaptionDecoder(nn.Module):
         self.out_proj = nn.Linear(H, D) if cfg.tie_weights and H != D else None
         self.fc = nn.Linear(D if cfg.tie_weights else H, copy.gen_size if copy is not None else vocab_size)
         # Is there a person in the picture? A linear detector on the mean feature, trained beside the caption on
-        # labels read from the captions, with the classes balanced (training.person_targets); decoding lets a
+        # labels read from the captions, with the classes balanced (training.PersonTargets); decoding lets a
         # caption say "man", "people", ... only when it fires (DecodeConfig.person_gate). Fang et al. (CVPR
         # 2015, "From Captions to Visual Concepts and Back") train word detectors from captions the same way.
         self.person_head = nn.Linear(feature_dim, 1) if cfg.person_gate else None

@@ -23,6 +23,7 @@ import torch
 
 from .config import DecodeConfig
 from .errors import ConfigError
+from .grounding import FUNCTION_WORDS, PERSON_WORDS
 from .vocab import Vocabulary
 
 State = dict[str, torch.Tensor]
@@ -78,8 +79,6 @@ def rules_for(cfg: DecodeConfig, vocab: Vocabulary) -> Rules:
     banned = (vocab.pad_id, vocab.bos_id) + ((vocab.unk_id,) if cfg.suppress_unk else ())
     once = None
     if cfg.no_repeat_words:
-        from .grounding import FUNCTION_WORDS
-
         once = torch.tensor([w.isalpha() and w not in FUNCTION_WORDS for w in vocab.itos])  # (V,)
     return Rules(vocab.eos_id, cfg.min_len, banned, cfg.no_repeat_ngram_size, cfg.repetition_penalty, once)
 
@@ -299,8 +298,6 @@ def banning(step_fn: StepFn) -> StepFn:
 def person_ban(person_logit: torch.Tensor, vocab: Vocabulary, prob: float = 0.5) -> torch.Tensor:
     """Rows whose person detector is less than `prob` sure of a person may say no person word:
     person_logit (B,) -> ban (B,V)."""
-    from .grounding import PERSON_WORDS
-
     words = torch.tensor([w in PERSON_WORDS for w in vocab.itos], device=person_logit.device)  # (V,)
     return (person_logit < math.log(prob / (1 - prob))).unsqueeze(1) & words.unsqueeze(0)
 

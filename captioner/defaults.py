@@ -19,7 +19,7 @@ def _packaged() -> str | None:
         from importlib.resources import files
 
         path = files("captioner.assets") / "default.pt"
-    except (ImportError, ModuleNotFoundError, TypeError):
+    except (ImportError, TypeError):  # no such package (a source tree run without installing)
         return None
     return os.fspath(path) if path.is_file() else None
 

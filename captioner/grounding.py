@@ -50,7 +50,7 @@ hair_drier hair_dryer toothbrush
 FUNCTION_WORDS = frozenset("""
 a an the and or but of in on at to for with from by into onto over under near next up down out off
 is are was were be been being has have had do does it its it's this that these those there their they
-them his her he she him its some two three four several many one other each another very while as
+them his her he she him some two three four several many one other each another very while as
 's n't top front side back middle
 """.split())
 

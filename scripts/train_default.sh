@@ -6,7 +6,8 @@
 #      (--person-gate), teacher forcing on coco2017 train + the Flickr8k train photos (encoded once into the
 #      feature cache); model selection by greedy val BLEU-4 (best.pt);
 #   2. scripts/ship_default.py: decoding settings chosen on val (search) and on everyday (--person-prob and
-#      --require-prob), scored once on the held-out test split, written into $OUT/default.pt (copy it to
+#      --require-prob; everyday is only captioned and scored there, never trained on: no `--data` below names
+#      it), scored once on the held-out test split, written into $OUT/default.pt (copy it to
 #      assets/default.pt to ship it).
 set -euo pipefail
 DATA="${DATA:-../shared/data}"
