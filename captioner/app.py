@@ -213,7 +213,7 @@ class _ImageHandlers:
         with _user_errors("image", path, name):
             cfg, notes = decode_settings(self.captioner.decode_config, method, beam_size, num_captions,
                                          length_penalty, max_len, temperature)
-            image = load_image(path)
+            image = load_image(path, self.captioner.transform.short_side)  # big JPEGs decoded at reduced scale
             result = self.captioner.caption_detailed([image], decode=cfg)[0]
         for note in notes:
             gr.Warning(note)
@@ -423,13 +423,13 @@ def launch_options(checkpoint: str | None = None) -> dict[str, Any]:
 
 
 def launch(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, device: str = "auto",
-           examples_dir: str | None = DEFAULT_EXAMPLES, concurrency: int = DEFAULT_CONCURRENCY,
+           engine: str = "auto", examples_dir: str | None = DEFAULT_EXAMPLES, concurrency: int = DEFAULT_CONCURRENCY,
            max_queue: int = DEFAULT_MAX_QUEUE, prevent_thread_lock: bool = False, quiet: bool = False):
     """Load the model once, build the app and serve it. Blocks until Ctrl-C unless prevent_thread_lock;
     returns the running Blocks (call `.close()` to stop it)."""
     if concurrency < 1 or max_queue < 1:
         raise ConfigError(f"concurrency and max queue must be >= 1, got {concurrency} and {max_queue}")
-    captioner = Captioner.load(checkpoint, device=device)
+    captioner = Captioner.load(checkpoint, device=device, engine=engine)
     demo = build_app(captioner, examples_dir, concurrency=concurrency, max_queue=max_queue)
     try:  # Gradio's own banner talks about launch() arguments; ours names the CLI's flags instead
         demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
@@ -438,7 +438,7 @@ def launch(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, share: bo
         first = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot serve on {host}:{port} ({first}); pick another --port") from None
     if not quiet:
-        print(f"captioner: serving {os.path.basename(checkpoint)} ({captioner.device}) at {demo.local_url}"
+        print(f"captioner: serving {os.path.basename(checkpoint)} ({captioner.device}, {captioner.engine} encoder) at {demo.local_url}"
               + (f" and {demo.share_url}" if demo.share_url else "") + "; Ctrl-C stops it", flush=True)
     if not prevent_thread_lock:
         demo.block_thread()

@@ -4,8 +4,9 @@
       -> shard (item i goes to rank i % world) -> skip what the output already holds
       -> DataLoader workers: decode (images; videos: F sampled frames) + build_transform, or an error string
                                                                                  (b,3,H,W) or clips + errors
-      -> model.encode in batches (channels_last on CPU, fp16 autocast on CUDA)   (b,P,E) or (b,F,E)
-      -> batched decode (beam search / greedy / sampling)                        hypotheses per image
+      -> Captioner.caption_tensors, the path every surface shares: the encoder (ONNX Runtime on CPU, fp16
+         autocast on CUDA) in batches, then batched decode (beam search / greedy / sampling)
+                                                                                 hypotheses per image
       -> rows appended to the output, one write + fsync per batch
 
 The output (.jsonl or .csv) is an append-only log, like a write-ahead log: a batch's rows are one write
@@ -43,8 +44,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .config import DecodeConfig
-from .decoding import Hypothesis, decode
+from .decoding import Hypothesis
 from .errors import CaptionerError, ConfigError, MediaError
 from .stopping import stop_requests
 from .inference import Captioner, resolve_device
@@ -329,53 +331,32 @@ def merge_outputs(out: str, sources: Sequence[str], listing: Iterable[str], fmt:
     for i, src in enumerate(sources):
         for offset, raw, row in OutputFile(src, fmt).records():
             index[row["path"]] = (i, offset, len(raw))
-    folder = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out) + ".", suffix=".tmp", dir=folder)
     written = 0
-    try:
-        with contextlib.ExitStack() as stack, os.fdopen(fd, "wb") as w:
-            files = [stack.enter_context(open(s, "rb")) if os.path.exists(s) else None for s in sources]
+    with contextlib.ExitStack() as stack, atomic_write(out, keep_mode=True) as w:
+        files = [stack.enter_context(open(s, "rb")) if os.path.exists(s) else None for s in sources]
 
-            def copy(loc: tuple[int, int, int]) -> None:
-                f = files[loc[0]]
-                f.seek(loc[1])
-                w.write(f.read(loc[2]))
+        def copy(loc: tuple[int, int, int]) -> None:
+            f = files[loc[0]]
+            f.seek(loc[1])
+            w.write(f.read(loc[2]))
 
-            if fmt == "csv":
-                w.write((",".join(COLUMNS) + "\n").encode())
-            for path in listing:
-                loc = index.pop(path, None)
-                if loc is not None:
-                    copy(loc)
+        if fmt == "csv":
+            w.write((",".join(COLUMNS) + "\n").encode())
+        for path in listing:
+            loc = index.pop(path, None)
+            if loc is not None:
+                copy(loc)
+                written += 1
+        for i, src in enumerate(sources):  # paths no longer listed: kept, never silently dropped
+            for offset, raw, row in OutputFile(src, fmt).records():
+                if index.get(row["path"]) == (i, offset, len(raw)):
+                    w.write(raw)
+                    del index[row["path"]]
                     written += 1
-            for i, src in enumerate(sources):  # paths no longer listed: kept, never silently dropped
-                for offset, raw, row in OutputFile(src, fmt).records():
-                    if index.get(row["path"]) == (i, offset, len(raw)):
-                        w.write(raw)
-                        del index[row["path"]]
-                        written += 1
-            w.flush()
-            os.fchmod(w.fileno(), os.stat(out).st_mode & 0o777 if os.path.exists(out) else 0o644)
-            os.fsync(w.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
     for src in sources:
         if os.path.abspath(src) != os.path.abspath(out):
             os.unlink(src)
     return written
-
-
-def _fsync_folder(folder: str) -> None:
-    with contextlib.suppress(OSError):  # not possible on every OS / filesystem
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -441,36 +422,6 @@ def _check_sizes(batch_size: int, workers: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- captioning
-
-@torch.no_grad()
-def caption_images(model, vocab, images: torch.Tensor | list[torch.Tensor], cfg: DecodeConfig,
-                   device: torch.device) -> list[list[Hypothesis]]:
-    """Preprocessed images (b,3,H,W) or a list of images and clips -> per input `cfg.num_captions`
-    hypotheses, best first."""
-    images = media_to(images, device)
-    amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
-    with amp:
-        feats = model.encode(images)  # (b,P,E) or (b,F,E); channels_last on CPU inside encode
-    with _cpu_threads(1 if device.type == "cpu" else None):
-        return decode(model.decoder, feats.float(), vocab, cfg)
-
-
-@contextlib.contextmanager
-def _cpu_threads(n: int | None):
-    """Run the search's small per-step ops on one thread. Each step is a few ms of tiny matmuls; with two
-    intra-op threads they wait at an OpenMP barrier for a core that the DataLoader workers (or anything
-    else) hold, which made a beam-3 LSTM step 5-7x slower here (2 cores, measured), while the big
-    convolutions of the encoder do gain from every thread."""
-    old = torch.get_num_threads()
-    if n is None or n >= old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
 
 def model_id(checkpoint: str) -> str:
     """The checkpoint's file name and the start of its content's SHA-256: `best.pt@1a2b3c4d`."""
@@ -598,7 +549,7 @@ def _caption_all(cap: Captioner, items: Iterable[str], writer: ResultWriter, mod
     for batch in loader:
         if stop_asked():  # the signal came while waiting for this batch: start no new work
             break
-        hyps = [] if batch.images is None else caption_images(cap.model, cap.vocab, batch.images, cfg, cap.device)
+        hyps = [] if batch.images is None else cap.caption_tensors(batch.images, cfg)
         writer.write(batch_rows(batch, hyps, cap.vocab, model, nbest))
         n_failed = sum(e is not None for e in batch.errors)
         summary.failed += n_failed

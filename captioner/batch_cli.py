@@ -25,17 +25,15 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
 
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import CHECKPOINT_HELP, _add_decode_flags  # lazy: cli.py imports this module
+    from .cli import _add_decode_flags, add_model_flags  # lazy: cli.py imports this module
 
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video file, folder (searched recursively), glob (quote it) or .txt file "
                         "listing paths")
     p.add_argument("--out", required=True, help="results file: .jsonl or .csv; appended to and resumed from")
-    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    add_model_flags(p, batch_size=32, device_help="auto, cpu, cuda, cuda:N (torchrun: each rank its local GPU)")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader processes decoding images and videos (default: min(2, CPU count))")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (torchrun: each rank its local GPU)")
     p.add_argument("--retry-failed", dest="retry_failed", action="store_true",
                    help="caption again the files whose earlier row is an error (others are always skipped)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -56,7 +54,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     device = shard_device(args.device)
     shard = init_distributed(device)
     try:
-        cap = Captioner.load(checkpoint, device=str(device))
+        cap = Captioner.load(checkpoint, device=str(device), engine=args.engine)
         cfg = replace(cap.decode_config, **decode_overrides(args))
         cfg.validate()
         log = (lambda msg: None) if args.quiet else _stderr

@@ -12,12 +12,12 @@ Written atomically: a temp file in the same folder, fsync, then os.replace.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import torch
 
 from . import __version__
+from .atomic import atomic_write
 from .config import ModelConfig
 from .errors import CheckpointError
 from .model import CaptionModel, build_model
@@ -48,20 +48,8 @@ def model_payload(model: CaptionModel, vocab: Vocabulary) -> dict[str, Any]:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

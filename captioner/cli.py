@@ -17,6 +17,19 @@ from .config import (DATASET_FORMATS, DECODE_METHODS, OBJECTIVES, RNN_TYPES, SCH
 from .errors import CaptionerError, ConfigError
 
 CHECKPOINT_HELP = "model file (default: the installed default model, or $CAPTIONER_CHECKPOINT)"
+ENGINE_CHOICES = ("auto", "torch", "onnx")  # engine.ENGINES, here without importing torch
+
+
+def add_model_flags(p: argparse.ArgumentParser, batch_size: int | None = None,
+                    device_help: str = "auto, cpu, cuda, cuda:N") -> None:
+    """The flags every captioning command shares: which model, on which device, run by which engine."""
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
+                   help="what runs the CNN encoder: auto = ONNX Runtime on the CPU (exported once and cached "
+                        "next to the feature cache), torch on CUDA")
+    if batch_size is not None:
+        p.add_argument("--batch-size", dest="batch_size", type=int, default=batch_size)
 
 
 def _add_decode_flags(p: argparse.ArgumentParser) -> None:
@@ -156,21 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="subtitle format for --segments")
     c.add_argument("--out", dest="out_dir", metavar="DIR",
                    help="with --segments: write DIR/<video name>.<format> per video instead of printing")
-    c.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     c.add_argument("--json", action="store_true", help="print one JSON object per line")
-    c.add_argument("--batch-size", dest="batch_size", type=int, default=16)
-    c.add_argument("--device", default="auto")
+    add_model_flags(c, batch_size=16)
     _add_decode_flags(c)
 
     e = sub.add_parser("evaluate", help="caption a dataset split and score it (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D)")
-    e.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    add_model_flags(e, batch_size=64)
     e.add_argument("--data", required=True, help="annotations with reference captions (any supported format)")
     e.add_argument("--images", help="image folder (default: the annotation file's folder)")
     e.add_argument("--format", choices=DATASET_FORMATS)
     e.add_argument("--split", choices=("train", "val", "test"), help="split to evaluate (Karpathy, Flickr8k)")
     e.add_argument("--out", help="folder for report.json, captions.json, items.jsonl (default: print only)")
-    e.add_argument("--batch-size", dest="batch_size", type=int, default=64)
-    e.add_argument("--device", default="auto")
     e.add_argument("--no-meteor", dest="meteor", action="store_false", help="skip METEOR (Java, ~10 s)")
     e.add_argument("--cache-dir", dest="cache_dir", help="feature cache (default: ~/.cache/captioner/features)")
     e.add_argument("--quiet", action="store_true")
@@ -180,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "several runs that continue each other (e.g. xent, then scst) are drawn one after another")
     pl.add_argument("run_dir", metavar="RUN_DIR", nargs="+")
     pl.add_argument("--out", help="PNG path (default: the first RUN_DIR/curves.png)")
+
+    x = sub.add_parser("export", help="write the model's CNN encoder as ONNX (encoder.onnx + encoder.json: its "
+                       "preprocessing and shapes), to run it with ONNX Runtime, OpenVINO or TensorRT elsewhere")
+    x.add_argument("--onnx", required=True, metavar="DIR", help="folder to write encoder.onnx and encoder.json into")
+    x.add_argument("--checkpoint", help=CHECKPOINT_HELP)
 
     i = sub.add_parser("info", help="describe a checkpoint: model, data, scores")
     i.add_argument("checkpoint", nargs="?")
@@ -199,7 +213,7 @@ def _checkpoint_path(path: str | None) -> str:
 def cmd_caption(args: argparse.Namespace) -> int:
     from .inference import Captioner
 
-    cap = Captioner.load(_checkpoint_path(args.checkpoint), device=args.device)
+    cap = Captioner.load(_checkpoint_path(args.checkpoint), device=args.device, engine=args.engine)
     if args.segments:
         return _caption_segments(cap, args)
     results = cap.caption_detailed(args.files, batch_size=max(1, args.batch_size), **decode_overrides(args))
@@ -272,7 +286,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     data = read_and_report(args.data, args.images, args.format, args.split, "evaluating", log)
-    cap = Captioner.load(_checkpoint_path(args.checkpoint), device=args.device)
+    cap = Captioner.load(_checkpoint_path(args.checkpoint), device=args.device, engine=args.engine)
     cfg = replace(cap.decode_config, **decode_overrides(args))
     report, captions = evaluate(cap, data, cfg, split=args.split, batch_size=max(1, args.batch_size),
                                 meteor=args.meteor, cache_dir=args.cache_dir or "default", progress=not args.quiet)
@@ -284,6 +298,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_grounding(report["grounding"]))
     wrote = f"; wrote {os.path.join(args.out, 'report.json')} and captions.json" if args.out else ""
     print(f"{report['items']} images in {report['seconds']} s; captions generated, not teacher-forced{wrote}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .engine import export_encoder
+
+    path = _checkpoint_path(args.checkpoint)
+    if os.path.exists(args.onnx) and not os.path.isdir(args.onnx):
+        raise ConfigError(f"--onnx {args.onnx!r} is a file; expected a folder to write encoder.onnx into")
+    model, _ = model_from_checkpoint(load_checkpoint(path), path)
+    try:
+        written = export_encoder(model.eval(), args.onnx)
+    except OSError as exc:
+        raise ConfigError(f"cannot write into {args.onnx!r}: {exc.strerror or exc}") from None
+    for f in written:
+        print(f)
     return 0
 
 
@@ -324,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from .serve_cli import cmd_serve
             return cmd_serve(args)
+        if args.command == "export":
+            return cmd_export(args)
         return cmd_info(args)
     except CaptionerError as exc:
         print(f"captioner: error: {exc}", file=sys.stderr)

@@ -15,17 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .media import build_transform, load_media_tensor, media_to, stack_or_list
 from .model import CaptionModel
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: large JPEGs decoded at reduced scale (media.load_image)
 
 
 def default_cache_dir() -> str:
@@ -36,11 +36,8 @@ def default_cache_dir() -> str:
 def cache_key(model: CaptionModel) -> str:
     """Names how features are made. The weights are fingerprinted by value, not just by their source: a
     random-init, fine-tuned or file-loaded encoder must never share a cache folder with another."""
-    weights = hashlib.sha1()
-    for name, tensor in model.encoder.state_dict().items():
-        weights.update(name.encode())
-        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    desc = {"backbone": model.cfg.backbone, "weights": model.encoder.weights_source, "fingerprint": weights.hexdigest(),
+    desc = {"backbone": model.cfg.backbone, "weights": model.encoder.weights_source,
+            "fingerprint": model.encoder.fingerprint(),
             "transform": model.transform_spec, "pooled": model.encoder.pool, "version": CACHE_VERSION,
             "frames": model.cfg.num_frames, "per_frame": model.cfg.is_video}
     return hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
@@ -114,7 +111,5 @@ def encode_images(model: CaptionModel, paths: Sequence[str], device: torch.devic
 
 
 def _atomic_save(tensor: torch.Tensor, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(path) as f:
         torch.save(tensor, f)
-    os.replace(tmp, path)

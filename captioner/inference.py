@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
@@ -20,6 +21,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
 from .defaults import resolve_checkpoint
 from .decoding import Hypothesis, decode
+from .engine import use_engine
 from .errors import CaptionerError, ConfigError, MediaError
 from .media import (VIDEO_EXTENSIONS, Clip, build_transform, clip_tensor, is_video, load_media_tensor, media_to,
                     stack_or_list)
@@ -62,18 +64,21 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 class Captioner:
     def __init__(self, model: CaptionModel, vocab: Vocabulary, device: torch.device,
-                 decode: DecodeConfig | None = None, info: dict[str, Any] | None = None):
+                 decode: DecodeConfig | None = None, info: dict[str, Any] | None = None, engine: str = "torch"):
+        """`engine`: what runs the encoder (engine.py): "torch", "onnx" (ONNX Runtime, CPU), or "auto"."""
         self.model = model.to(device).eval()
         self.vocab = vocab
         self.device = device
         self.decode_config = decode or DecodeConfig()
         self.transform = build_transform(model.transform_spec, train=False)
         self.info = info or {}
+        self.engine = use_engine(self.model, engine, device)  # the engine in use: "torch" or "onnx"
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str = "auto",
-             decode: DecodeConfig | None = None) -> "Captioner":
-        """Load a checkpoint (default: the installed default model, see defaults.py)."""
+             decode: DecodeConfig | None = None, engine: str = "auto") -> "Captioner":
+        """Load a checkpoint (default: the installed default model, see defaults.py). `engine="auto"` runs the
+        encoder with ONNX Runtime on the CPU (exported once and cached, engine.py), torch on CUDA."""
         path = resolve_checkpoint(path)
         ckpt = load_checkpoint(path)
         model, vocab = model_from_checkpoint(ckpt, os.fspath(path))
@@ -82,7 +87,7 @@ class Captioner:
         info = {"checkpoint": os.path.abspath(path), **{k: ckpt.get(k) for k in
                 ("model_config", "encoder", "data", "scores", "train_config", "captioner_version", "epoch")},
                 "vocab_size": len(vocab)}
-        return cls(model, vocab, resolve_device(device), decode or default, info)
+        return cls(model, vocab, resolve_device(device), decode or default, info, engine=engine)
 
     def caption(self, inputs: Sequence[ImageInput], batch_size: int = 16, **decode_options) -> list[str]:
         """Best caption per input. Raises MediaError for the first unreadable file."""
@@ -110,7 +115,7 @@ class Captioner:
                 except CaptionerError as exc:
                     results[i].error = str(exc)
             if ok:
-                hyps_list, seen = self._caption_and_see(stack_or_list(tensors), cfg)
+                hyps_list, seen = self.caption_and_see(stack_or_list(tensors), cfg)
                 for i, hyps, cands in zip(ok, hyps_list, seen):
                     results[i].candidates = cands
                     results[i].captions = [self.vocab.decode(h.tokens) for h in hyps]
@@ -151,16 +156,21 @@ class Captioner:
     def caption_tensors(self, media: torch.Tensor | list[torch.Tensor],
                         cfg: DecodeConfig | None = None) -> list[list[Hypothesis]]:
         """Preprocessed images (B,3,H,W), clips (B,F,3,H,W) or a list of either -> hypotheses per input."""
-        return self._caption_and_see(media, cfg)[0]
+        return self.caption_and_see(media, cfg)[0]
 
     @torch.no_grad()
-    def _caption_and_see(self, media, cfg: DecodeConfig | None
-                         ) -> tuple[list[list[Hypothesis]], list[list[Candidate]]]:
-        """Hypotheses per input, and what the CNN sees in it (nouns.py)."""
-        feats, class_probs = self.model.encode_and_classify(media_to(media, self.device))  # (B,P,E)|(B,F,E), (B,C)
-        hyps = decode(self.model.decoder, feats, self.vocab, cfg or self.decode_config)
-        seen = default_nouns().candidates(class_probs) if class_probs is not None else [[] for _ in hyps]
+    def caption_and_see(self, media, cfg: DecodeConfig | None = None
+                        ) -> tuple[list[list[Hypothesis]], list[list[Candidate]]]:
+        """The one path from preprocessed inputs to captions (every surface ends here): hypotheses per input,
+        and what the CNN sees in it (nouns.py). fp16 autocast for the encoder on CUDA."""
+        amp = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda"
+               else contextlib.nullcontext())
+        with amp:
+            feats, class_probs = self.model.encode_and_classify(media_to(media, self.device))  # (B,P,E), (B,C)
+        hyps = decode(self.model.decoder, feats.float(), self.vocab, cfg or self.decode_config)
+        seen = default_nouns().candidates(class_probs.float()) if class_probs is not None else [[] for _ in hyps]
         return hyps, seen
+
 
 
 def _name(x: Any, i: int) -> str:

@@ -55,8 +55,6 @@ class CaptionModel(nn.Module):
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """The CNN alone: frames (N,3,H,W) -> (N,P,E)."""
-        if frames.device.type == "cpu":  # channels_last speeds the CNN up about 2x on CPU
-            frames = frames.contiguous(memory_format=torch.channels_last)
         return self.encoder(frames)
 
     def clip_features(self, frames: torch.Tensor) -> torch.Tensor:

@@ -13,15 +13,14 @@ DEFAULT_MAX_QUEUE = 32  # requests waiting; beyond this Gradio tells the user th
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from .cli import CHECKPOINT_HELP
+    from .cli import add_model_flags
 
     s = sub.add_parser("serve", help="start the web app (Gradio) on http://HOST:PORT",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    add_model_flags(s)
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for the whole network")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--share", action="store_true", help="also open a public *.gradio.live link (needs internet)")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     s.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests captioned at once")
     s.add_argument("--max-queue", dest="max_queue", type=int, default=DEFAULT_MAX_QUEUE,
                    help="requests allowed to wait; more are turned away")
@@ -38,5 +37,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import launch
 
     launch(_checkpoint_path(args.checkpoint), host=args.host, port=args.port, share=args.share,
-           device=args.device, examples_dir=args.examples, concurrency=args.concurrency, max_queue=args.max_queue)
+           device=args.device, engine=args.engine, examples_dir=args.examples, concurrency=args.concurrency, max_queue=args.max_queue)
     return 0

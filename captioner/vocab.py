@@ -10,11 +10,10 @@ Tokenization (shared by training, decoding and the metrics):
 """
 from __future__ import annotations
 
+import functools
 import string
 from collections import Counter
 from typing import Iterable, Sequence
-
-from nltk.tokenize import NLTKWordTokenizer
 
 from .errors import CheckpointError
 from .grammar import agree
@@ -22,13 +21,19 @@ from .grammar import agree
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 
-_TOKENIZER = NLTKWordTokenizer()
 _PUNCT = set(string.punctuation) | {"``", "''", "--", "...", "…", "“", "”", "‘", "’"}
 
 
 def tokenize(text: str) -> list[str]:
     """Lowercased word tokens with punctuation-only tokens removed."""
-    return [t for t in _TOKENIZER.tokenize(text.lower()) if not all(ch in _PUNCT for ch in t)]
+    return [t for t in _tokenizer().tokenize(text.lower()) if not all(ch in _PUNCT for ch in t)]
+
+
+@functools.cache
+def _tokenizer():
+    from nltk.tokenize import NLTKWordTokenizer  # importing nltk takes 0.8 s; captioning never tokenizes
+
+    return NLTKWordTokenizer()
 
 
 class Vocabulary:

@@ -1,21 +1,26 @@
-"""Benchmark: is batch captioning as fast as the CNN? (issue 7, part 6)
+"""Benchmark: is batch captioning as fast as the fastest encoder forward this CPU offers? (issues 7 and 15)
 
 On real images (default: every image in ../shared/data/coco-mini, repeated by symlink to --files files) it
-measures, in one process, with the same checkpoint, batch size and workers:
-  (a) encoder only: the batch DataLoader (decode + transform in workers) + model.encode, no caption decoding
+measures, in one process, with the same checkpoint, batch size and workers, each in files/s:
+  (a) encoder forward only: the batch DataLoader (decode + transform in workers) feeding
+      torch   the checkpoint's encoder in torch eager (channels_last)
+      onnx    the same encoder exported to ONNX, run by a plain ONNX Runtime session
+      openvino  the same ONNX graph compiled by OpenVINO (if installed)
   (b) the full batch command: captioner.batch.run_batch (listing, loading, encoding, beam search, writing rows
-      with fsync) into a fresh .jsonl
-and prints files/s for both and the ratio b/a (target >= 0.85 at beam size 3 on a 2-core CPU). (a) and (b)
-alternate --repeats times after one warm-up batch; the ratio uses the medians.
+      with fsync) into a fresh .jsonl, with --engine torch and with --engine onnx
+and prints the ratios (targets: onnx batch / torch batch >= 2, onnx batch / fastest forward >= 0.85) and
+whether both engines wrote the same captions. Runs alternate --repeats times after one warm-up batch each;
+ratios use the medians.
 Then peak memory: `python -m captioner.batch_cli` in a subprocess over --memory-files and 4x as many files;
 peak RSS (main process and its reaped workers, from wait4) must not grow with the number of files.
 
-    python scripts/bench_batch.py --checkpoint runs/demo/best.pt [--files 512] [--batch-size 32]
+    python scripts/bench_batch.py [--checkpoint assets/default.pt] [--files 512] [--batch-size 32]
         [--workers N] [--beam-size 3] [--repeats 1] [--memory-files 128 (0 = skip)]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -28,6 +33,8 @@ from pathlib import Path
 import torch
 
 from captioner.batch import iter_inputs, make_loader, model_id, run_batch
+from captioner.defaults import default_checkpoint
+from captioner.engine import default_onnx_dir, onnx_graph
 from captioner.inference import Captioner
 from captioner.media import IMAGE_EXTENSIONS
 
@@ -44,16 +51,41 @@ def make_folder(sources: list[str], n: int, folder: str) -> str:
 
 
 @torch.no_grad()
-def encoder_only(cap: Captioner, folder: str, batch_size: int, workers: int) -> float:
-    """Files/s of listing + decode + transform + CNN, exactly as the batch engine feeds the CNN."""
+def encoder_only(cap: Captioner, folder: str, batch_size: int, workers: int, forward=None) -> float:
+    """Files/s of listing + decode + transform + CNN, exactly as the batch engine feeds the CNN.
+    `forward`: images (b,3,H,W) -> anything; default the captioner's own encoder."""
+    forward = forward or (lambda x: cap.model.encode(x.to(cap.device)))
     t0, n = time.perf_counter(), 0
     for batch in make_loader(iter_inputs([folder]), cap.transform, batch_size, workers, cap.device):
-        cap.model.encode(batch.images.to(cap.device))  # (b,P,E)
+        forward(batch.images)
         n += len(batch.paths)
     return n / (time.perf_counter() - t0)
 
 
-def full_batch(cap: Captioner, folder: str, cfg, batch_size: int, workers: int, model: str, tmp: str) -> float:
+def plain_onnx(cap: Captioner):
+    """A bare ONNX Runtime session over the exported graph (default options, all cores)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_graph(cap.model.encoder, default_onnx_dir(), print),
+                                   providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"images": x.numpy()})
+
+
+def plain_openvino(cap: Captioner):
+    """The same graph compiled by OpenVINO for the CPU, in f32 (its default on CPUs with bf16 units is bf16,
+    0.19 off torch's features), or None if it is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    compiled = ov.Core().compile_model(onnx_graph(cap.model.encoder, default_onnx_dir(), print), "CPU",
+                                       {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    return lambda x: compiled(x.numpy())
+
+
+def full_batch(cap: Captioner, folder: str, cfg, batch_size: int, workers: int, model: str, tmp: str
+               ) -> tuple[float, list[str]]:
+    """Files/s of the batch command, and the captions it wrote in order."""
     fd, out = tempfile.mkstemp(suffix=".jsonl", dir=tmp)
     os.close(fd)
     os.unlink(out)
@@ -62,7 +94,9 @@ def full_batch(cap: Captioner, folder: str, cfg, batch_size: int, workers: int, 
                   progress=False, log=lambda m: None)
     seconds = time.perf_counter() - t0
     assert s.ok == len(os.listdir(folder)) and s.failed == 0, s
-    return s.ok / seconds
+    with open(out, encoding="utf-8") as f:
+        captions = [json.loads(line)["caption"] for line in f]
+    return s.ok / seconds, captions
 
 
 def peak_rss_mb(args: list[str]) -> float:
@@ -76,7 +110,7 @@ def peak_rss_mb(args: list[str]) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", default=None, help="default: the installed default model")
     p.add_argument("--images", default=str(DATA / "coco-mini"), help="folder of real images (recursive)")
     p.add_argument("--files", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=32)
@@ -86,28 +120,49 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--memory-files", type=int, default=128, help="memory check at N and 4N files; 0 = skip")
     a = p.parse_args(argv)
+    a.checkpoint = a.checkpoint or default_checkpoint()
 
     sources = list(iter_inputs([a.images], IMAGE_EXTENSIONS))
-    cap = Captioner.load(a.checkpoint, device=a.device)
+    caps = {e: Captioner.load(a.checkpoint, device=a.device, engine=e) for e in ("torch", "onnx")}
+    cap = caps["torch"]
     cfg = replace(cap.decode_config, method="beam", beam_size=a.beam_size, num_captions=1)
     model = model_id(a.checkpoint)
     print(f"{len(sources)} real images in {a.images} -> {a.files} files; {a.checkpoint} "
           f"({cap.model.cfg.backbone}, {cap.model.cfg.rnn} {cap.model.cfg.hidden_dim}, vocab {len(cap.vocab)}); "
           f"batch {a.batch_size}, {a.workers} workers, beam {a.beam_size}, device {cap.device}, "
           f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}")
+    forwards = {"torch": None, "onnx": plain_onnx(cap), "openvino": plain_openvino(cap)}
+    forwards = {k: v for k, v in forwards.items() if k == "torch" or v is not None}
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_folder(sources, a.files, os.path.join(tmp, "images"))
         warm = make_folder(sources, a.batch_size, os.path.join(tmp, "warm"))
-        encoder_only(cap, warm, a.batch_size, a.workers)  # first-call costs (oneDNN primitives, page cache)
-        full_batch(cap, warm, cfg, a.batch_size, a.workers, model, tmp)
-        enc, full = [], []
+        for f in forwards.values():  # first-call costs (oneDNN primitives, graph compilation, page cache)
+            encoder_only(cap, warm, a.batch_size, a.workers, f)
+        for c in caps.values():
+            full_batch(c, warm, cfg, a.batch_size, a.workers, model, tmp)
+        enc: dict[str, list[float]] = {k: [] for k in forwards}
+        full: dict[str, list[float]] = {k: [] for k in caps}
+        captions: dict[str, list[str]] = {}
         for r in range(a.repeats):
-            enc.append(encoder_only(cap, folder, a.batch_size, a.workers))
-            full.append(full_batch(cap, folder, cfg, a.batch_size, a.workers, model, tmp))
-            print(f"  run {r + 1}: (a) encoder only {enc[-1]:.1f} files/s   (b) full batch {full[-1]:.1f} files/s")
-        a_rate, b_rate = statistics.median(enc), statistics.median(full)
-        print(f"(a) encoder only: {a_rate:.1f} files/s\n(b) full batch:   {b_rate:.1f} files/s\n"
-              f"ratio b/a = {b_rate / a_rate:.3f} (target >= 0.85)")
+            for k, f in forwards.items():
+                enc[k].append(encoder_only(cap, folder, a.batch_size, a.workers, f))
+            for k, c in caps.items():
+                rate, captions[k] = full_batch(c, folder, cfg, a.batch_size, a.workers, model, tmp)
+                full[k].append(rate)
+            print(f"  run {r + 1}: " + "  ".join(f"(a) {k} {v[-1]:.1f}" for k, v in enc.items()) + "  "
+                  + "  ".join(f"(b) {k} {v[-1]:.1f}" for k, v in full.items()) + " files/s")
+        e = {k: statistics.median(v) for k, v in enc.items()}
+        b = {k: statistics.median(v) for k, v in full.items()}
+        fastest = max(e, key=e.get)
+        for k, v in e.items():
+            print(f"(a) encoder forward, {k:8s} {v:6.1f} files/s")
+        for k, v in b.items():
+            print(f"(b) captioner batch, engine {k:5s} {v:6.1f} files/s")
+        same = sum(x == y for x, y in zip(captions["torch"], captions["onnx"]))
+        print(f"onnx batch / torch batch        = {b['onnx'] / b['torch']:.2f} (target >= 2)\n"
+              f"onnx batch / fastest forward ({fastest}) = {b['onnx'] / e[fastest]:.3f} (target >= 0.85)\n"
+              f"torch batch / torch forward     = {b['torch'] / e['torch']:.3f}\n"
+              f"same caption from both engines: {same} of {len(captions['torch'])} files")
 
         if a.memory_files:
             peaks = []
