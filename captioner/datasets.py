@@ -111,11 +111,11 @@ def read_captions(path: str, images_dir: str | None = None, format: str | None =
     if split is not None and split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     raw = READERS[fmt](path, split)  # [(relative image path, captions, id[, objects])]
-    if images_dir is None:  # the annotation file's folder, or its images/ subfolder (a common layout)
+    if images_dir is None:  # the annotation file's folder, its images/ subfolder, or ../images (common layouts)
         folder = os.path.dirname(os.path.abspath(path))
-        images_dir = folder
-        if os.path.isdir(os.path.join(folder, "images")) and raw and not os.path.isfile(_resolve(folder, raw[0][0])):
-            images_dir = os.path.join(folder, "images")
+        found = [f for f in (folder, os.path.join(folder, "images"), os.path.join(os.path.dirname(folder), "images"))
+                 if raw and os.path.isfile(_resolve(f, raw[0][0]))]
+        images_dir = found[0] if found else folder
     items, missing = [], []
     for rel, captions, item_id, *objects in raw:
         full = _resolve(images_dir, rel)

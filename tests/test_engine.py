@@ -1,0 +1,159 @@
+"""The ONNX Runtime engine for the encoder: export, cache reuse and invalidation, equivalence with torch."""
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import COCO_MINI_TRAIN_IMAGES
+
+from captioner.cli import main
+from captioner.engine import OnnxEncoder, graph_key, resolve_engine, use_engine
+from captioner.errors import ConfigError
+from captioner.inference import Captioner
+from captioner.media import build_transform, load_image_tensor
+
+pytest.importorskip("onnxruntime")
+IMAGES = sorted(COCO_MINI_TRAIN_IMAGES.glob("*.jpg"))[:6]
+
+
+@pytest.fixture()
+def model(trained):
+    """A copy of the session's tiny trained model (Lite0 with its real ImageNet weights), free to modify."""
+    return copy.deepcopy(trained["model"]).eval()
+
+
+def real_images(model, n=4):
+    transform = build_transform(model.transform_spec)
+    return torch.stack([load_image_tensor(p, transform) for p in IMAGES[:n]])  # (n,3,224,224)
+
+
+def test_export_is_cached_reused_and_matches_torch(model, tmp_path):
+    logs = []
+    assert use_engine(model, "onnx", torch.device("cpu"), str(tmp_path), logs.append) == "onnx"
+    assert len(logs) == 1 and "exporting" in logs[0]  # the first use says so, in one line
+    cached = list(tmp_path.glob("*.onnx"))
+    assert len(cached) == 1 and not list(tmp_path.glob(".tmp*"))
+    images = real_images(model)
+    with torch.no_grad():
+        onnx = model.encoder(images)
+        torch_feats = model.encoder.torch_forward(images)
+    assert isinstance(model.encoder.runner, OnnxEncoder)
+    assert onnx.shape == torch_feats.shape == (4, 1, 1280)  # pooled: the tiny model has no attention
+    assert (onnx - torch_feats).abs().max() < 1e-3
+
+    logs.clear()
+    mtime = cached[0].stat().st_mtime_ns
+    use_engine(model, "auto", torch.device("cpu"), str(tmp_path), logs.append)
+    assert logs == [] and cached[0].stat().st_mtime_ns == mtime  # reused, not exported again
+
+
+def test_key_changes_with_weights_size_and_layout(model):
+    base = graph_key(model.encoder)
+    assert graph_key(model.encoder) == base
+    resized = copy.deepcopy(model.encoder)
+    resized.transform = {**resized.transform, "size": 192}
+    assert graph_key(resized) != base
+    pooled = copy.deepcopy(model.encoder)
+    pooled.pool = False  # the grid instead of the pooled vector
+    assert graph_key(pooled) != base
+    tuned = copy.deepcopy(model.encoder)
+    with torch.no_grad():
+        next(tuned.body.parameters()).add_(1e-3)
+    assert graph_key(tuned) != base
+
+
+def test_new_input_size_exports_a_new_graph(model, tmp_path):
+    use_engine(model, "onnx", torch.device("cpu"), str(tmp_path), lambda m: None)
+    model.encoder.transform = {**model.encoder.transform, "size": 192}
+    use_engine(model, "onnx", torch.device("cpu"), str(tmp_path), lambda m: None)
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
+    images = torch.nn.functional.interpolate(real_images(model, 2), size=192)
+    with torch.no_grad():
+        assert (model.encoder(images) - model.encoder.torch_forward(images)).abs().max() < 1e-3
+    model.encoder.pool = False  # the grid an attention model reads
+    use_engine(model, "onnx", torch.device("cpu"), str(tmp_path), lambda m: None)
+    assert len(list(tmp_path.glob("*.onnx"))) == 3
+    with torch.no_grad():
+        grid = model.encoder(images)
+        assert grid.shape == (2, 36, 1280)
+        assert (grid - model.encoder.torch_forward(images)).abs().max() < 1e-3
+
+
+def test_other_input_sizes_fall_back_to_torch(model, tmp_path):
+    use_engine(model, "onnx", torch.device("cpu"), str(tmp_path), lambda m: None)
+    odd = torch.randn(1, 3, 160, 200)
+    with torch.no_grad():
+        assert torch.equal(model.encoder(odd), model.encoder.torch_forward(odd))
+
+
+def test_captions_identical_across_engines(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the default cache folder, here
+    by_torch = Captioner(copy.deepcopy(trained["model"]), trained["vocab"], torch.device("cpu"), engine="torch")
+    by_onnx = Captioner(copy.deepcopy(trained["model"]), trained["vocab"], torch.device("cpu"), engine="auto")
+    assert (by_torch.engine, by_onnx.engine) == ("torch", "onnx")
+    assert list((tmp_path / "captioner" / "onnx").glob("*.onnx"))  # next to the feature cache
+    for method in ("greedy", "beam"):
+        a = by_torch.caption_detailed(IMAGES, method=method)
+        b = by_onnx.caption_detailed(IMAGES, method=method)
+        assert [r.captions for r in a] == [r.captions for r in b]
+        assert [[c.word for c in r.candidates] for r in a] == [[c.word for c in r.candidates] for r in b]
+
+
+def test_damaged_cached_graph_is_exported_again(model, tmp_path):
+    use_engine(model, "onnx", torch.device("cpu"), str(tmp_path), lambda m: None)
+    graph = next(tmp_path.glob("*.onnx"))
+    graph.write_bytes(graph.read_bytes()[:1000])  # cut short on disk after it was written
+    logs = []
+    assert use_engine(model, "onnx", torch.device("cpu"), str(tmp_path), logs.append) == "onnx"
+    assert any("does not load" in m for m in logs)
+    images = real_images(model, 2)
+    with torch.no_grad():
+        assert (model.encoder(images) - model.encoder.torch_forward(images)).abs().max() < 1e-3
+
+
+def test_unwritable_cache_still_runs(model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    logs = []
+    assert use_engine(model, "onnx", torch.device("cpu"), str(blocker / "onnx"), logs.append) == "onnx"
+    assert any("could not cache" in m for m in logs)
+
+
+def test_engine_choice_errors_are_one_line():
+    assert resolve_engine("auto", torch.device("cuda")) == "torch"  # torch + AMP stays the GPU path
+    with pytest.raises(ConfigError, match="runs the encoder on the CPU"):
+        resolve_engine("onnx", torch.device("cuda"))
+    with pytest.raises(ConfigError, match="unknown engine"):
+        resolve_engine("tensorrt", torch.device("cpu"))
+
+
+def test_export_command_writes_a_graph_that_runs_elsewhere(trained, tmp_path, capsys):
+    import onnxruntime as ort
+
+    out = tmp_path / "deploy"
+    assert main(["export", "--onnx", str(out), "--checkpoint", str(trained["dir"] / "best.pt")]) == 0
+    assert capsys.readouterr().out.split() == [str(out / "encoder.onnx"), str(out / "encoder.json")]
+    meta = json.loads((out / "encoder.json").read_text())
+    assert meta["input"]["shape"] == ["batch", 3, 224, 224] and meta["outputs"]["class_probs"] == ["batch", 1000]
+    model = Captioner.load(trained["dir"] / "best.pt", engine="torch").model
+    images = real_images(model, 3)
+    feats, probs = ort.InferenceSession(str(out / "encoder.onnx")).run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        ref = model.encoder(images)
+        np.testing.assert_allclose(feats, ref.numpy(), atol=1e-3)
+        np.testing.assert_allclose(probs, model.encoder.class_probs(ref.mean(1)).numpy(), atol=1e-4)
+    assert main(["export", "--onnx", str(out / "encoder.json")]) == 2  # a file, not a folder: one line
+    assert "expected a folder" in capsys.readouterr().err
+
+
+def test_cli_engine_flag(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ckpt = str(trained["dir"] / "best.pt")
+    lines = {}
+    for engine in ("torch", "onnx"):
+        assert main(["caption", str(IMAGES[0]), "--checkpoint", ckpt, "--engine", engine]) == 0
+        lines[engine] = capsys.readouterr().out
+    assert lines["torch"] == lines["onnx"] and lines["torch"].startswith(str(IMAGES[0]))
+    assert os.listdir(tmp_path / "captioner" / "onnx")
