@@ -78,15 +78,11 @@ def decode_settings(base: DecodeConfig, method: str, beam_size: Any, num_caption
     return cfg, notes
 
 
-def model_view(image: Image.Image, spec: dict[str, Any], size: int = HEATMAP_SIZE) -> Image.Image:
-    """The square the eval transform keeps (short side resized, then center-cropped), at `size` px.
-
-    Heatmaps are drawn over this crop, not the whole photo: the attention grid covers only what the model saw."""
-    w, h = image.size
-    side = min(w, h) * min(1.0, float(spec.get("crop_pct", 1.0)))
-    left, top = (w - side) / 2, (h - side) / 2
-    return image.crop((round(left), round(top), round(left + side), round(top + side))).resize(
-        (size, size), Image.BICUBIC)
+def model_view(image: Image.Image, transform, size: int = HEATMAP_SIZE) -> Image.Image:
+    """The square the eval transform keeps (media.Preprocess.view: short side resized, then centre-cropped), at
+    `size` px. Heatmaps are drawn over this crop, not the whole photo: the attention grid covers only what the
+    model saw."""
+    return transform.view(image).resize((size, size), Image.BICUBIC)
 
 
 # Blue -> cyan -> yellow -> red, like the "jet" maps in the attention papers; no matplotlib needed.
@@ -203,7 +199,6 @@ class _ImageHandlers:
 
     def __init__(self, captioner: Captioner):
         self.captioner = captioner
-        self.spec = captioner.model.transform_spec
 
     def caption(self, payload, method, beam_size, num_captions, length_penalty, max_len, temperature):
         """Raw upload + controls -> best caption, n-best rows, word picker, heatmap, heatmap state."""
@@ -224,7 +219,7 @@ class _ImageHandlers:
         att = result.attention[0] if result.attention else None  # (words,P) for the best caption
         words = result.caption.split()
         if att is not None and words and att.shape[0] == len(words):
-            state = {"view": model_view(image, self.spec), "attention": att.float().numpy()}
+            state = {"view": model_view(image, self.captioner.transform), "attention": att.float().numpy()}
             words_update = gr.Radio(choices=[(w, i) for i, w in enumerate(words)], value=0, visible=True)
             heat = attention_overlay(state["view"], state["attention"][0])
         return (result.caption, rows, words_update, heat, state, _seen(result),

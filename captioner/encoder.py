@@ -198,13 +198,28 @@ class ImageEncoder(nn.Module):
         head = backbone.head
         self.register_buffer("head_weight", head.weight.detach().clone() if head else None, persistent=False)
         self.register_buffer("head_bias", head.bias.detach().clone() if head else None, persistent=False)
+        self.num_classes = int(head.weight.shape[0]) if head is not None else 0
         # An inference engine that stands in for this module's forward (engine.py: ONNX Runtime on the CPU);
         # None: torch eager. Never set while training.
-        self.runner: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.runner: Callable[[torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]] | None = None
+        self.deferred: str | None = None  # the weights' key when built by `deferred_to`
+
+    @classmethod
+    def deferred_to(cls, key: str, feature_dim: int, transform: dict, weights_source: str, pool: bool,
+                    num_classes: int) -> "ImageEncoder":
+        """An encoder whose CNN exists only as an exported graph, run by the `runner` the caller installs
+        (engine.py): no torch layers are built, so captioning on the CPU neither imports timm/torchvision nor
+        loads the CNN's weights. `key` names the weights (it stands in for `fingerprint`). It cannot train,
+        be saved or run in torch."""
+        encoder = cls(Backbone(nn.Sequential(), [], feature_dim, dict(transform), weights_source), pool=pool)
+        encoder.num_classes, encoder.deferred = num_classes, key
+        return encoder
 
     def fingerprint(self) -> str:
         """A hash of the weights by value: a random-init, fine-tuned or file-loaded encoder never shares a
         feature cache or an exported graph with another."""
+        if self.deferred:
+            return f"deferred:{self.deferred}"
         h = hashlib.sha1()
         for name, tensor in self.state_dict().items():
             h.update(name.encode())
@@ -213,7 +228,7 @@ class ImageEncoder(nn.Module):
 
     @property
     def has_classifier(self) -> bool:
-        return self.head_weight is not None
+        return self.num_classes > 0
 
     def class_probs(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled features (B,E) -> ImageNet class probabilities (B,C)."""
@@ -233,11 +248,24 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B,3,H,W) -> grid (B,P,E), or the pooled (B,1,E)."""
+        return self.features_and_probs(images, classify=False)[0]
+
+    def features_and_probs(self, images: torch.Tensor, classify: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images (B,3,H,W) -> features (B,P,E), and with `classify` the ImageNet class probabilities of each
+        image's pooled feature (B,C) (None without a classifier). Run by the engine, if one is installed."""
         if self.runner is not None:
-            return self.runner(images)
-        return self.torch_forward(images)
+            return self.runner(images, classify)
+        return self.torch_features_and_probs(images, classify)
+
+    def torch_features_and_probs(self, images: torch.Tensor, classify: bool = True
+                                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats = self.torch_forward(images)
+        return feats, (self.class_probs(feats.mean(1)) if classify and self.has_classifier else None)
 
     def torch_forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.deferred:
+            raise RuntimeError("this encoder was never built in torch (engine.py); load it with engine='torch'")
         if images.device.type == "cpu":  # channels_last speeds the CNN up about 2x on CPU
             images = images.contiguous(memory_format=torch.channels_last)
         fmap = self.body(images)  # (B,E,h,w)

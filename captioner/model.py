@@ -46,12 +46,12 @@ class CaptionModel(nn.Module):
         if isinstance(media, torch.Tensor):
             media = list(media)
         clips = [m.unsqueeze(0) if m.dim() == 3 else m for m in media]  # each (F_i,3,H,W)
-        per_item = self.frame_features(torch.cat(clips)).split([len(c) for c in clips])  # each (F_i,P,E)
-        feats = torch.stack([self.clip_features(f) for f in per_item])
-        if not (classify and self.encoder.has_classifier):
+        sizes = [len(c) for c in clips]
+        frame_feats, frame_probs = self.encoder.features_and_probs(torch.cat(clips), classify)  # (N,P,E), (N,C)
+        feats = torch.stack([self.clip_features(f) for f in frame_feats.split(sizes)])  # each (F_i,P,E) in
+        if frame_probs is None:
             return feats, None
-        probs = torch.stack([self.encoder.class_probs(f.mean(1)).mean(0) for f in per_item])  # (B,C)
-        return feats, probs
+        return feats, torch.stack([p.mean(0) for p in frame_probs.split(sizes)])  # (B,C)
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """The CNN alone: frames (N,3,H,W) -> (N,P,E)."""
@@ -78,14 +78,16 @@ class CaptionModel(nn.Module):
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, encoder_weights: str | None = None, *,
-                vocab: Vocabulary | None = None, copy_table=None) -> CaptionModel:
+                vocab: Vocabulary | None = None, copy_table=None, encoder: ImageEncoder | None = None) -> CaptionModel:
     """Rebuild the modules from config. `encoder_weights` overrides cfg.encoder_weights (a checkpoint that
     stores the encoder's own weights builds it with "none" and loads them afterwards). Copy models
     (cfg.copy_nouns) also need the vocabulary (with the nouns appended, see Vocabulary.extend) and the noun
-    table (default: the shipped one; a checkpoint passes its own)."""
+    table (default: the shipped one; a checkpoint passes its own). `encoder`: one already made (engine.py's
+    deferred encoder) instead of building the backbone."""
     cfg.validate()
-    backbone = build_backbone(cfg.backbone, encoder_weights or cfg.encoder_weights)
-    encoder = ImageEncoder(backbone, fine_tune=cfg.fine_tune_encoder, pool=not cfg.attention)
+    if encoder is None:
+        backbone = build_backbone(cfg.backbone, encoder_weights or cfg.encoder_weights)
+        encoder = ImageEncoder(backbone, fine_tune=cfg.fine_tune_encoder, pool=not cfg.attention)
     copy = _copy_head(cfg, encoder, vocab, copy_table) if cfg.copy_nouns else None
     decoder = CaptionDecoder(vocab_size, encoder.feature_dim, cfg, copy)
     return CaptionModel(encoder, decoder, cfg)
@@ -99,7 +101,7 @@ def _copy_head(cfg: ModelConfig, encoder: ImageEncoder, vocab: Vocabulary | None
     if missing:
         raise ConfigError(f"the vocabulary lacks {len(missing)} table nouns (e.g. {missing[0]!r}); "
                           f"extend it with Vocabulary.extend")
-    if encoder.has_classifier:
+    if encoder.head_weight is not None:
         weight, bias = encoder.head_weight, encoder.head_bias
     else:  # only when loading a checkpoint, whose copy buffers then replace these
         weight, bias = torch.zeros(len(space.membership), encoder.feature_dim), torch.zeros(len(space.membership))

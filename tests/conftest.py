@@ -1,4 +1,5 @@
 """Shared test data and one tiny model trained once per test session on real coco-mini images."""
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,18 @@ sys.path.insert(0, str(Path(__file__).parent))  # lets test modules `from confte
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COCO_MINI_TRAIN = DATA / "coco-mini" / "annotations" / "captions_train2017.json"
 COCO_MINI_TRAIN_IMAGES = DATA / "coco-mini" / "train2017"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Caches (features, exported ONNX graphs) in a folder of this test session, never the user's."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
 
 
 @pytest.fixture(scope="session")

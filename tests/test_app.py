@@ -22,6 +22,7 @@ from captioner.app import (MAX_UPLOAD_BYTES, MAX_VIDEO_MB, _upload_path, add_ser
 from captioner.config import DecodeConfig
 from captioner.errors import CaptionerError, ConfigError
 from captioner.inference import Captioner
+from captioner.media import build_transform
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -220,7 +221,8 @@ def test_attention_overlay_puts_heat_where_the_attention_is():
 def test_model_view_is_the_center_square_the_model_saw():
     img = Image.new("RGB", (300, 100), (0, 0, 0))
     img.paste((255, 0, 0), (100, 0, 200, 100))  # the centre square is red, the sides black
-    view = np.asarray(model_view(img, {"size": 224, "crop_pct": 1.0}, size=64))
+    transform = build_transform({"size": 224, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3})
+    view = np.asarray(model_view(img, transform, size=64))
     assert view.shape == (64, 64, 3) and view[:, :, 0].min() > 200
 
 

@@ -157,3 +157,49 @@ def test_cli_engine_flag(trained, tmp_path, monkeypatch, capsys):
         lines[engine] = capsys.readouterr().out
     assert lines["torch"] == lines["onnx"] and lines["torch"].startswith(str(IMAGES[0]))
     assert os.listdir(tmp_path / "captioner" / "onnx")
+
+
+def test_second_load_builds_only_the_decoder(trained, tmp_path, monkeypatch):
+    """Once exported, a checkpoint's encoder is found by the checkpoint alone: no timm, no torchvision."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ckpt = trained["dir"] / "best.pt"
+    first = Captioner.load(ckpt)
+    assert first.engine == "onnx" and first.model.encoder.deferred is None
+    assert list((tmp_path / "captioner" / "onnx" / "sources").glob("*.json"))
+    second = Captioner.load(ckpt)
+    assert second.engine == "onnx" and second.model.encoder.deferred
+    by_torch = Captioner.load(ckpt, engine="torch")
+    for a, b in zip(by_torch.caption_detailed(IMAGES), second.caption_detailed(IMAGES)):
+        assert a.captions == b.captions and [c.word for c in a.candidates] == [c.word for c in b.candidates]
+    code = (f"import sys; from captioner.inference import Captioner; "
+            f"c = Captioner.load({str(ckpt)!r}); print(c.caption([{str(IMAGES[0])!r}])[0]); "
+            f"print(sorted(m for m in ('timm', 'torchvision', 'nltk', 'gradio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)}).stdout.splitlines()
+    assert out == [by_torch.caption([IMAGES[0]])[0], "[]"]
+    with pytest.raises(ValueError, match="no torch encoder to save"):
+        from captioner.checkpoint import model_payload
+        model_payload(second.model, second.vocab)
+
+
+def test_source_key_follows_the_checkpoint(trained, tmp_path, monkeypatch):
+    from captioner.checkpoint import load_checkpoint
+    from captioner.engine import deferred_encoder, source_key
+
+    ckpt = load_checkpoint(trained["dir"] / "best.pt")
+    key = source_key(ckpt)
+    assert key and source_key(ckpt) == key
+    assert source_key({**ckpt, "transform": {**ckpt["transform"], "size": 192}}) != key
+    state = {k: v.clone() for k, v in trained["model"].encoder.state_dict().items()}
+    assert source_key({**ckpt, "encoder_state": state}) != key  # fine-tuned: the stored weights count
+    torchvision_weights = {**ckpt, "encoder": {"backbone": "resnet18", "weights_source": "torchvision:resnet18:DEFAULT"}}
+    assert source_key(torchvision_weights) is None  # downloaded weights: not pinned down, always built
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    Captioner.load(trained["dir"] / "best.pt")
+    entry = next((tmp_path / "captioner" / "onnx" / "sources").glob("*.json"))
+    entry.write_text("{not json")  # damaged: the encoder is built again, captions unchanged
+    assert deferred_encoder(ckpt) is None
+    assert Captioner.load(trained["dir"] / "best.pt").model.encoder.deferred is None

@@ -201,3 +201,51 @@ def test_train_transform_does_not_flip():
         x = t(img)
         assert x.shape == (3, 32, 32)
         assert float(x[:, :, 0].mean()) < float(x[:, :, -1].mean())
+
+
+@pytest.mark.parametrize("spec", [
+    {"size": 260, "crop_pct": 0.890, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3},  # Lite2
+    {"size": 224, "crop_pct": 0.875, "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
+     "std": [0.229, 0.224, 0.225]},  # torchvision backbones
+])
+def test_eval_transform_equals_torchvision(spec):
+    """Preprocess writes eval out in PIL + torch (no torchvision import); it must equal torchvision's pipeline."""
+    from torchvision import transforms as T
+
+    ours = build_transform(spec)
+    interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}[spec["interpolation"]]
+    theirs = T.Compose([T.Resize(ours.short_side, interpolation=interp), T.CenterCrop(spec["size"]), T.ToTensor(),
+                        T.Normalize(spec["mean"], spec["std"])])
+    photos = sorted((DATA / "everyday" / "images").glob("*.jpg"))[:6] + sorted((DATA / "flickr8k").rglob("*.jpg"))[:2]
+    for path in photos:  # landscape and portrait, 400-640 px
+        image = load_image(path)
+        assert torch.equal(ours(image), theirs(image)), path
+    square = Image.new("RGB", (ours.short_side, ours.short_side), (10, 200, 30))  # already the size: no resize
+    assert torch.equal(ours(square), theirs(square))
+
+
+def test_train_transform_is_random_crop_of_the_same_resize():
+    spec = {"size": 224, "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
+    image = load_image(sorted((DATA / "everyday" / "images").glob("*.jpg"))[0])
+    torch.manual_seed(0)
+    a = build_transform(spec, train=True)(image)
+    torch.manual_seed(0)
+    b = build_transform(spec, train=True)(image)
+    assert a.shape == (3, 224, 224) and torch.equal(a, b)  # seeded: reproducible
+    assert not torch.equal(a, build_transform(spec)(image))  # but not the centre crop
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_not_below_twice_the_short_side(tmp_path):
+    source = load_image(sorted((DATA / "everyday" / "images").glob("*.jpg"))[0])
+    big = source.resize((source.width * 5, source.height * 5), Image.LANCZOS)  # ~3200x2100, like a camera photo
+    path = tmp_path / "big.jpg"
+    big.save(path, quality=92)
+    full, reduced = load_image(path), load_image(path, min_side=292)
+    assert full.size == big.size
+    assert min(reduced.size) >= 2 * 292 and reduced.width < big.width  # libjpeg scaled it while decoding
+    spec = {"size": 260, "crop_pct": 0.890, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
+    transform = build_transform(spec)
+    assert (transform(full) - transform(reduced)).abs().mean() < 0.02  # the same picture to the model
+    png = tmp_path / "big.png"
+    big.save(png)
+    assert load_image(png, min_side=292).size == big.size  # only JPEGs have a reduced-scale decoder
