@@ -14,7 +14,6 @@ from captioner.errors import ConfigError
 from captioner.inference import Captioner
 from captioner.media import build_transform, load_image_tensor
 
-pytest.importorskip("onnxruntime")
 IMAGES = sorted(COCO_MINI_TRAIN_IMAGES.glob("*.jpg"))[:6]
 
 
