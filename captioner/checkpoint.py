@@ -7,10 +7,15 @@ Contents (primitives and tensors only, so `torch.load(weights_only=True)` works 
     package: they are rebuilt from there, not copied)
   optional for resuming: optimizer_state, scheduler_state, epoch, best_score, history, rng
   optional metadata: data (what it was trained on), scores
+  checksum: SHA-256 of everything else (every tensor's bytes and every other value), checked on load:
+    zip stores no checksum torch verifies, so a flipped bit in a weight would otherwise load as a
+    silently different model (found by scripts/fuzz_inputs.py). Files without one (older) load unchecked.
 Written atomically: a temp file in the same folder, fsync, then os.replace.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import Any
 
@@ -52,8 +57,38 @@ def model_payload(model: CaptionModel, vocab: Vocabulary) -> dict[str, Any]:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    payload = {k: v for k, v in payload.items() if k != "checksum"}
+    payload["checksum"] = checksum(payload)
     with atomic_write(path) as f:
         torch.save(payload, f)
+
+
+def checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 over a checkpoint's contents but its checksum: tensors by dtype, shape and bytes, the rest as
+    sorted JSON, walked in key order."""
+    h = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            h.update(b"{")
+            for k in sorted(value, key=str):
+                h.update(json.dumps(str(k)).encode())
+                walk(value[k])
+            h.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            h.update(b"[")
+            for v in value:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(json.dumps(value, default=str).encode())
+
+    walk({k: v for k, v in payload.items() if k != "checksum"})
+    return h.hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -75,6 +110,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("model_config", "vocab", "decoder_state", "transform"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    if "checksum" in ckpt and checksum(ckpt) != ckpt["checksum"]:
+        raise CheckpointError(f"{path}: damaged checkpoint: its contents do not match the checksum written with "
+                              f"it (a corrupted or edited file); expected it as training saved it")
     return ckpt
 
 

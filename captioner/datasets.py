@@ -105,12 +105,15 @@ def read_captions(path: str, images_dir: str | None = None, format: str | None =
     """Read any supported annotation file. `split` is needed by karpathy and used by flickr8k."""
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: annotation file not found")
-    fmt = format or detect_format(path)
-    if fmt not in READERS:
-        raise DatasetError(f"unknown dataset format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    if split is not None and split not in SPLITS:
-        raise DatasetError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    raw = READERS[fmt](path, split)  # [(relative image path, captions, id[, objects])]
+    try:
+        fmt = format or detect_format(path)
+        if fmt not in READERS:
+            raise DatasetError(f"unknown dataset format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+        if split is not None and split not in SPLITS:
+            raise DatasetError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        raw = READERS[fmt](path, split)  # [(relative image path, captions, id[, objects])]
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}:{_first_bad_utf8_line(path)}: not UTF-8 text; annotation files are UTF-8") from None
     if images_dir is None:  # the annotation file's folder, its images/ subfolder, or ../images (common layouts)
         folder = os.path.dirname(os.path.abspath(path))
         found = [f for f in (folder, os.path.join(folder, "images"), os.path.join(os.path.dirname(folder), "images"))
@@ -127,6 +130,16 @@ def read_captions(path: str, images_dir: str | None = None, format: str | None =
         hint = f" (looked in {images_dir}; first missing: {missing[0]})" if missing else ""
         raise DatasetError(f"{path}: no usable images with captions{hint}")
     return CaptionSet(items, missing, path, fmt)
+
+
+def _first_bad_utf8_line(path: str) -> int:
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return 1
 
 
 def _resolve(folder: str, rel: str) -> str:

@@ -23,6 +23,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 # Pillow warns at 89 Mpx and raises at twice that; we refuse anything over this many pixels outright,
 # which is far above any real photo (a 100 Mpx medium-format frame) and far below a decompression bomb.
 MAX_IMAGE_PIXELS = 120_000_000
+# Video frames: 8K UHD is 33 Mpx; a (mutated) header claiming more is refused before any frame is decoded.
+MAX_VIDEO_PIXELS = 40_000_000
 
 _INTERPOLATION = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -205,6 +207,9 @@ def open_video(path: str | os.PathLike) -> Iterator[tuple["av.container.InputCon
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
             raise MediaError(f"{path}: has no video stream ({kinds}); expected a video file")
         stream = container.streams.video[0]
+        w, h = stream.codec_context.width, stream.codec_context.height
+        if w * h > MAX_VIDEO_PIXELS:
+            raise MediaError(f"{path}: video frames are {w}x{h} pixels, over the limit of {MAX_VIDEO_PIXELS:,}")
         stream.thread_type = "AUTO"  # frame + slice threads: decoding is ~2x faster on 2 cores
         yield container, stream
     finally:
