@@ -258,6 +258,12 @@ def load_done(files: Sequence[OutputFile], model_id: str) -> Done:
     return done
 
 
+# Output files this process holds locked. Forked DataLoader workers inherit the descriptors, and a flock
+# lives as long as any copy: after a kill -9 of the main process the orphaned workers (which notice only
+# seconds later) would keep the output locked and refuse the rerun. Workers close their copies first thing.
+_LOCKED_FDS: set[int] = set()
+
+
 class ResultWriter:
     """Appends rows to one output file: locked against a second run, the torn tail cut off, one unbuffered
     write + fsync per call."""
@@ -272,6 +278,7 @@ class ResultWriter:
                 os.close(self.fd)
                 raise ConfigError(f"{path} is being written by another batch run; wait for it or choose "
                                   f"another --out") from None
+            _LOCKED_FDS.add(self.fd)
 
     def repair(self, end: int) -> bool:
         """Cut a torn tail (bytes after the last complete record); write the CSV header into an empty file.
@@ -302,6 +309,7 @@ class ResultWriter:
         os.fsync(self.fd)
 
     def close(self) -> None:
+        _LOCKED_FDS.discard(self.fd)
         os.close(self.fd)  # also releases the lock
 
     def __enter__(self) -> "ResultWriter":
@@ -396,6 +404,10 @@ def collate_loaded(items: list[tuple[str, torch.Tensor | None, str | None]]) -> 
 
 
 def _worker_init(_: int) -> None:
+    for fd in list(_LOCKED_FDS):  # see _LOCKED_FDS
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCKED_FDS.clear()
     # The main process decides when to stop (after the batch in hand) and then shuts the workers down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -158,6 +158,7 @@ def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_over
         vocab = Vocabulary.build((c for it in train_set.items for c in it.captions), tcfg.min_freq, tcfg.max_vocab)
         if mcfg.copy_nouns:  # the table's nouns join the vocabulary as copy-only words
             vocab = vocab.extend(NounSpace(load_table()).words)
+        torch.manual_seed(tcfg.seed)  # the initial weights too follow --seed: a rerun is the same run
         model = build_model(mcfg, len(vocab), vocab=vocab)
     if tcfg.objective == "cider":
         if resume is None and init is None:
