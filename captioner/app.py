@@ -298,6 +298,11 @@ def _clock(seconds: float) -> str:
 
 # ---------------------------------------------------------------- the app
 
+# Images and videos share one concurrency group: `concurrency` requests run at once in all, not per endpoint
+# (Gradio gives each event its own group otherwise; found by scripts/load_app.py).
+CAPTIONING = "captioning"
+
+
 def build_app(captioner: Captioner, examples_dir: str | None, *, concurrency: int = DEFAULT_CONCURRENCY,
               max_queue: int = DEFAULT_MAX_QUEUE):
     """The Blocks app around one loaded Captioner. Call `.launch(**launch_options(...))` on it, or use `launch`."""
@@ -358,7 +363,8 @@ def build_app(captioner: Captioner, examples_dir: str | None, *, concurrency: in
             state = gr.State(None)
             button.click(handlers.caption, [image_in, method, beam_size, num_captions, length_penalty, max_len,
                                          temperature], [best, table, word, heatmap, state, seen, marked],
-                         api_name="caption_image", preprocess=False)
+                         api_name="caption_image", preprocess=False, concurrency_id=CAPTIONING,
+                         concurrency_limit=concurrency)
             word.input(handlers.show_word, [word, state], heatmap, api_visibility="private", show_progress="hidden")
             method.change(toggle, method, [beam_size, num_captions, length_penalty, temperature],
                           api_visibility="private", queue=False, show_progress="hidden")
@@ -388,7 +394,7 @@ def build_app(captioner: Captioner, examples_dir: str | None, *, concurrency: in
             video_button.click(handlers.caption_video, [video_in, method, beam_size, num_captions, length_penalty,
                                                         max_len, temperature, timed],
                                [video_caption, frames, segments, vtt, video_seen], api_name="caption_video",
-                               preprocess=False)
+                               preprocess=False, concurrency_id=CAPTIONING, concurrency_limit=concurrency)
         with gr.Accordion("Model", open=True):
             gr.Markdown(model_info_markdown(captioner.info, base), elem_id="model-info")
     return demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
