@@ -15,6 +15,8 @@ import os
 import tempfile
 from typing import BinaryIO, Iterator
 
+from .errors import StorageError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, keep_mode: bool = False) -> Iterator[BinaryIO]:
@@ -22,8 +24,11 @@ def atomic_write(path: str | os.PathLike, keep_mode: bool = False) -> Iterator[B
     gets the old one's permission bits (else 0644 minus nothing: mkstemp's 0600 is widened to 0644)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+    except OSError as exc:
+        raise _storage_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -31,11 +36,36 @@ def atomic_write(path: str | os.PathLike, keep_mode: bool = False) -> Iterator[B
             os.fchmod(f.fileno(), os.stat(path).st_mode & 0o777 if keep_mode and os.path.exists(path) else 0o644)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+            raise _storage_error(path, exc) from None
         raise
     fsync_folder(folder)
+
+
+def save_tensors(obj, path: str | os.PathLike) -> None:
+    """torch.save, atomically. torch's zip writer reports a failed write (a full disk) as a RuntimeError
+    ("unexpected pos ..."): that is a StorageError here too."""
+    import torch
+
+    try:
+        with atomic_write(path) as f:
+            torch.save(obj, f)
+    except RuntimeError:
+        import shutil
+
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        raise _storage_error(os.fspath(path), OSError(f"the write failed: disk full? {free:,} bytes free once the partial file was removed")) from None
+
+
+def _storage_error(path: str, exc: OSError) -> StorageError:
+    reason = exc.strerror or str(exc).strip().splitlines()[0][:200]
+    error = StorageError(f"{path}: could not write ({reason}); "
+                         f"{'the previous file is unchanged' if os.path.exists(path) else 'nothing was written'}")
+    error.errno = exc.errno
+    return error
 
 
 def fsync_folder(folder: str) -> None:

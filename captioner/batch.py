@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write
 from .config import DecodeConfig
 from .decoding import Hypothesis
-from .errors import CaptionerError, ConfigError, MediaError
+from .errors import CaptionerError, ConfigError, MediaError, StorageError
 from .stopping import stop_requests
 from .inference import Captioner, resolve_device
 from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, load_media_tensor, media_to, stack_or_list
@@ -304,9 +304,16 @@ class ResultWriter:
 
     def _append(self, text: str) -> None:
         data = text.encode("utf-8", "surrogateescape")
-        while data:  # O_APPEND: each write lands at the end; loop only on a short write
-            data = data[os.write(self.fd, data):]
-        os.fsync(self.fd)
+        before = os.fstat(self.fd).st_size
+        try:
+            while data:  # O_APPEND: each write lands at the end; loop only on a short write
+                data = data[os.write(self.fd, data):]
+            os.fsync(self.fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # drop the part of this batch that got in: no torn row left
+                os.ftruncate(self.fd, before)
+            raise StorageError(f"{self.path}: could not write results ({exc.strerror or exc}); every row "
+                               f"written before is kept: make room and rerun the same command to continue") from None
 
     def close(self) -> None:
         _LOCKED_FDS.discard(self.fd)

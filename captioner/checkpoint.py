@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .atomic import atomic_write
+from .atomic import save_tensors
 from .config import ModelConfig
 from .errors import CheckpointError
 from .encoder import ImageEncoder
@@ -59,8 +59,7 @@ def model_payload(model: CaptionModel, vocab: Vocabulary) -> dict[str, Any]:
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     payload = {k: v for k, v in payload.items() if k != "checksum"}
     payload["checksum"] = checksum(payload)
-    with atomic_write(path) as f:
-        torch.save(payload, f)
+    save_tensors(payload, path)
 
 
 def checksum(payload: dict[str, Any]) -> str:

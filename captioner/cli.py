@@ -6,6 +6,7 @@ never show a traceback. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -248,6 +249,8 @@ def _caption_segments(cap, args: argparse.Namespace) -> int:
         raise ConfigError(f"--segments needs video files; {not_videos[0]!r} is not one (by its extension)")
     if len(args.files) > 1 and not args.out_dir:
         raise ConfigError("--segments with several videos needs --out DIR (one subtitle file per video)")
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
     failed = 0
     for path in args.files:
         try:
@@ -285,6 +288,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .inference import Captioner
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)  # a bad --out fails now, not after captioning the split
     data = read_and_report(args.data, args.images, args.format, args.split, "evaluating", log)
     cap = Captioner.load(_checkpoint_path(args.checkpoint), device=args.device, engine=args.engine)
     cfg = replace(cap.decode_config, **decode_overrides(args))
@@ -335,6 +340,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -360,6 +368,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_info(args)
     except CaptionerError as exc:
         print(f"captioner: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system said no (a folder that is a file, a vanished input, a full disk)
+        if exc.filename is None and exc.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"captioner: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("captioner: interrupted", file=sys.stderr)

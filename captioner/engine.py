@@ -190,7 +190,7 @@ def onnx_graph(encoder: nn.Module, cache_dir: str, log: Callable[[str], None]) -
         with atomic_write(path) as f:
             f.write(graph)
     except OSError as exc:
-        log(f"captioner: could not cache the exported encoder in {cache_dir} ({exc.strerror}); "
+        log(f"captioner: could not cache the exported encoder in {cache_dir} ({exc.strerror or exc}); "
             f"it is exported again next time")
         return graph
     return path

@@ -21,6 +21,10 @@ class CheckpointError(CaptionerError, ValueError):
     """A checkpoint is missing, truncated, corrupt, or not a captioner checkpoint."""
 
 
+class StorageError(CaptionerError, OSError):
+    """A file could not be written (disk full, read-only, not a folder): what was written before is kept."""
+
+
 def require_extra(module: str, extra: str, what: str) -> None:
     """A one-line error naming the extra to install when an optional dependency is missing."""
     import importlib.util

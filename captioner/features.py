@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write
+from .atomic import save_tensors
 from .media import build_transform, load_media_tensor, media_to, stack_or_list
 from .model import CaptionModel
 
@@ -101,7 +101,7 @@ def encode_images(model: CaptionModel, paths: Sequence[str], device: torch.devic
                 i = todo[j]
                 feats[i] = f.clone()
                 if folder:
-                    _atomic_save(feats[i], os.path.join(folder, _file_id(paths[i]) + ".pt"))
+                    save_tensors(feats[i], os.path.join(folder, _file_id(paths[i]) + ".pt"))
             bar.update(len(local))
             if should_stop():
                 raise KeyboardInterrupt
@@ -110,6 +110,3 @@ def encode_images(model: CaptionModel, paths: Sequence[str], device: torch.devic
     return torch.stack(feats)  # type: ignore[arg-type]
 
 
-def _atomic_save(tensor: torch.Tensor, path: str) -> None:
-    with atomic_write(path) as f:
-        torch.save(tensor, f)
