@@ -247,7 +247,7 @@ class _ImageHandlers:
             segments, vtt = [], None
             if window is not None and (timed != "auto" or clip.info.duration > LONG_CLIP_S):
                 segments = self.captioner.caption_segments(path, window, decode=replace(cfg, num_captions=1))
-                vtt = os.path.join(_private_dir(), f"{os.path.splitext(name)[0] or 'captions'}.vtt")
+                vtt = _SUBTITLES.path(f"{os.path.splitext(name)[0] or 'captions'}.vtt")
                 with open(vtt, "w", encoding="utf-8") as f:
                     f.write(format_subtitles(segments, "vtt"))
         if not self.captioner.model.cfg.is_video:
@@ -279,10 +279,33 @@ def _checked_upload(payload: Any, kind: str) -> tuple[str, str]:
         return _upload_path(payload, kind)
 
 
-def _private_dir() -> str:
-    import tempfile
+class _SubtitleFiles:
+    """Where the Video tab writes its .vtt files before Gradio copies them into its cache: one folder for the
+    app, removed at exit; a file older than `keep_s` is removed when the next one is made, so a server that
+    runs for months holds only the last hour's (it used to leak a temp folder per request)."""
 
-    return tempfile.mkdtemp(prefix="captioner-vtt-")
+    def __init__(self, keep_s: float = 3600.0):
+        self.keep_s = keep_s
+        self.root: str | None = None
+
+    def path(self, name: str) -> str:
+        import atexit
+        import shutil
+        import tempfile
+        import time
+
+        if self.root is None or not os.path.isdir(self.root):
+            self.root = tempfile.mkdtemp(prefix="captioner-vtt-")
+            atexit.register(shutil.rmtree, self.root, True)
+        now = time.time()
+        for entry in os.scandir(self.root):
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > self.keep_s:
+                    shutil.rmtree(entry.path)
+        return os.path.join(tempfile.mkdtemp(dir=self.root), name)  # a folder per request: names may repeat
+
+
+_SUBTITLES = _SubtitleFiles()
 
 
 def _thumbnail(frame: Image.Image, side: int = 320) -> Image.Image:

@@ -323,3 +323,15 @@ def test_browser_uploads_an_image_and_reads_the_caption(server, image, tmp_path)
     assert caption.strip()
     with Image.open(shot) as im:
         assert im.size[0] == 1280 and im.size[1] > 600
+
+
+def test_subtitle_files_do_not_pile_up(tmp_path):
+    from captioner.app import _SubtitleFiles
+
+    files = _SubtitleFiles(keep_s=0.0)
+    first = files.path("clip.vtt")
+    Path(first).write_text("WEBVTT\n")
+    second = files.path("clip.vtt")  # same name, another request
+    assert second != first and os.path.dirname(second).startswith(files.root)
+    assert not os.path.exists(os.path.dirname(first))  # older than keep_s: removed when the next one is made
+    assert len(os.listdir(files.root)) == 1
