@@ -22,12 +22,14 @@ from .vocab import Vocabulary
 
 
 def _init_distributed(device_name: str) -> tuple[int, torch.device | None]:
-    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, gloo on CPU) -> (rank, device)."""
+    """Under torchrun (WORLD_SIZE > 1): join the process group -> (rank, device). On CUDA the group has NCCL
+    for CUDA tensors and gloo for CPU ones: the stop check and the epoch statistics are small CPU tensors,
+    which NCCL alone cannot all-reduce (the first batch failed on GPUs)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, None
     use_cuda = torch.cuda.is_available() and device_name != "cpu"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("cuda:nccl,cpu:gloo" if use_cuda else "gloo")
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)

@@ -319,8 +319,11 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
         _set_rng_state(resume["rng"])
     trained = model
     if world > 1:
+        # A copy model's copy embedding is unused in a batch whose captions copy nothing: DDP must look for
+        # unused parameters there. A frozen encoder's buffers never change: no need to re-broadcast them.
         trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(model.cfg.copy_nouns), broadcast_buffers=not model.encoder.frozen)
     runlog = _RunLog(out_dir, main_rank)
 
     with stop_requests() as signalled:

@@ -33,3 +33,16 @@ def test_torchrun_two_cpu_processes_train_and_the_result_captions(tmp_path):
     assert {"BLEU-4", "CIDEr-D", "grad_norm", "lr", "val_loss"} <= set(records[0])
     captions = Captioner.load(out / "best.pt").caption([sorted(COCO_MINI_TRAIN_IMAGES.glob("*.jpg"))[0]])
     assert captions[0].strip()
+
+
+def test_torchrun_trains_a_copy_model(tmp_path):
+    """A copy model's copy embedding goes unused in batches whose captions copy nothing; DDP must allow it."""
+    out = tmp_path / "ddp-copy"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "captioner", "train", "--data", str(COCO_MINI_TRAIN),
+           "--images", str(COCO_MINI_TRAIN_IMAGES), "--epochs", "1", "--hidden-dim", "32", "--embed-dim", "16",
+           "--batch-size", "4", "--min-freq", "2", "--copy-nouns", "5", "--out", str(out), "--quiet",
+           "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert Captioner.load(out / "last.pt").caption([sorted(COCO_MINI_TRAIN_IMAGES.glob("*.jpg"))[0]])[0].strip()
