@@ -214,6 +214,15 @@ def _rng_state() -> dict:
     return state
 
 
+def _gather(obj, world: int) -> list:
+    """[rank 0's obj, rank 1's, ...] on every rank."""
+    if world == 1:
+        return [obj]
+    out: list = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
@@ -316,7 +325,10 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
         stats = EpochStats(resume.get("epoch_loss_sum", 0.0), resume.get("epoch_tokens", 0), resume.get("batch", 0),
                            resume.get("epoch_grad_norm_sum", 0.0), resume.get("epoch_reward_sum", 0.0),
                            resume.get("epoch_samples", 0))
-        _set_rng_state(resume["rng"])
+        ranks = resume.get("rng_ranks") or []
+        _set_rng_state(ranks[rank] if len(ranks) == world else resume["rng"])
+        if len(ranks) != world and rank:  # another world size than the saved run: distinct streams at least
+            torch.manual_seed(cfg.seed + rank + 100_003 * run["epoch"])
     trained = model
     if world > 1:
         # A copy model's copy embedding is unused in a batch whose captions copy nothing: DDP must look for
@@ -355,6 +367,8 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
         val_feats = None
 
         def save(name: str, epoch: int, with_training_state: bool) -> None:
+            """Every rank calls it (the RNG states are gathered); rank 0 writes."""
+            rngs = _gather(_rng_state(), world) if with_training_state else []
             if not main_rank:
                 return
             payload = model_payload(model, vocab)
@@ -362,7 +376,8 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
                            history=run["history"], epoch=epoch, best_score=run["best_score"],
                            best_epoch=run["best_epoch"], bad_epochs=run["bad_epochs"])
             if with_training_state:
-                payload.update(optimizer_state=optimizer.state_dict(), rng=_rng_state(), batch=stats.batches,
+                # rng: rank 0's (what a single process resumes); rng_ranks: each rank's own dropout stream
+                payload.update(optimizer_state=optimizer.state_dict(), rng=rngs[0], rng_ranks=rngs, batch=stats.batches,
                                epoch_loss_sum=stats.loss_sum, epoch_tokens=stats.tokens,
                                epoch_grad_norm_sum=stats.grad_norm_sum, epoch_reward_sum=stats.reward_sum,
                                epoch_samples=stats.samples,

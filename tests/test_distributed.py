@@ -4,7 +4,10 @@ import socket
 import subprocess
 import sys
 
+import torch
+
 from captioner import Captioner
+from captioner.checkpoint import load_checkpoint
 
 from conftest import COCO_MINI_TRAIN, COCO_MINI_TRAIN_IMAGES
 
@@ -33,6 +36,9 @@ def test_torchrun_two_cpu_processes_train_and_the_result_captions(tmp_path):
     assert {"BLEU-4", "CIDEr-D", "grad_norm", "lr", "val_loss"} <= set(records[0])
     captions = Captioner.load(out / "best.pt").caption([sorted(COCO_MINI_TRAIN_IMAGES.glob("*.jpg"))[0]])
     assert captions[0].strip()
+    # each rank's own RNG is saved, so a resumed rank 1 does not replay rank 0's dropout masks
+    rngs = load_checkpoint(out / "last.pt")["rng_ranks"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
 
 
 def test_torchrun_trains_a_copy_model(tmp_path):
