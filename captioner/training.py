@@ -10,6 +10,7 @@ model, optimizer, scheduler and RNG state saved at that moment.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -86,19 +87,23 @@ class PersonTargets:
 
 
 class EpochSampler(Sampler[int]):
-    """This rank's share of an epoch's example order that depends only on (seed, epoch), from position `start`.
+    """This rank's share of an epoch's example order that depends only on (seed, epoch), after the first
+    `done` examples of it.
 
     Like torch's DistributedSampler (the order is padded by wrapping to a multiple of `world`, and rank r
-    takes every world-th index from r, so all ranks run the same number of batches), plus a start offset so a
-    run stopped mid-epoch resumes at the exact next example. Without `weights` the order is a permutation of
-    range(n); with them (n,) it is n draws with replacement, example i drawn with probability proportional to
-    weights[i] (torch's WeightedRandomSampler, made reproducible per epoch).
+    takes every world-th index from r, so all ranks run the same number of batches), plus an offset so a run
+    stopped mid-epoch resumes at the exact next example. `done` counts examples of the whole order, over all
+    ranks (k batches of b on w ranks: k*b*w, the prefix they covered together), so a run may resume with
+    another batch size or number of processes and still see each example of the epoch once. Without
+    `weights` the order is a permutation of range(n); with them (n,) it is n draws with replacement, example
+    i drawn with probability proportional to weights[i] (torch's WeightedRandomSampler, made reproducible).
     """
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1,
+    def __init__(self, n: int, seed: int, epoch: int, done: int = 0, rank: int = 0, world: int = 1,
                  weights: torch.Tensor | None = None):
-        self.n, self.seed, self.epoch, self.start, self.rank, self.world = n, seed, epoch, start, rank, world
-        self.per_rank = math.ceil(n / world)
+        self.n, self.seed, self.epoch, self.done, self.rank, self.world = n, seed, epoch, done, rank, world
+        padded = math.ceil(n / world) * world  # the order's length once padded for `world` ranks
+        self.per_rank = math.ceil(max(padded - done, 0) / world)
         self.weights = None if weights is None or bool((weights == weights[0]).all()) else weights.double()
 
     def __iter__(self) -> Iterator[int]:
@@ -107,11 +112,14 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
-        order += order[: self.per_rank * self.world - self.n]  # pad so every rank gets per_rank examples
-        return iter(order[self.rank::self.world][self.start:])
+        order += order[: math.ceil(self.n / self.world) * self.world - self.n]  # pad to a multiple of world
+        rest = order[self.done:]
+        if rest:  # a `done` from another world size: pad the rest again, wrapping around it
+            rest = list(itertools.islice(itertools.cycle(rest), self.per_rank * self.world))
+        return iter(rest[self.rank::self.world])
 
     def __len__(self) -> int:
-        return max(self.per_rank - self.start, 0)
+        return self.per_rank
 
 
 class _Features:
@@ -317,6 +325,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
     run = {"epoch": 0, "best_score": [-math.inf, -math.inf], "best_epoch": -1, "bad_epochs": 0, "history": [],
            "best_scores": {}}
     stats = EpochStats()
+    epoch_done = resumed_batches = 0  # the current epoch's examples (all ranks) and batches before this run
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer_state"])
         if scheduler is not None and resume.get("scheduler_state"):
@@ -325,6 +334,10 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
         stats = EpochStats(resume.get("epoch_loss_sum", 0.0), resume.get("epoch_tokens", 0), resume.get("batch", 0),
                            resume.get("epoch_grad_norm_sum", 0.0), resume.get("epoch_reward_sum", 0.0),
                            resume.get("epoch_samples", 0))
+        # where the interrupted epoch stood, in examples of its whole order (EpochSampler); files from before
+        # `epoch_done` have the batches of one process
+        epoch_done = resume.get("epoch_done", resume.get("batch", 0) * resume["train_config"]["batch_size"])
+        resumed_batches = stats.batches
         ranks = resume.get("rng_ranks") or []
         _set_rng_state(ranks[rank] if len(ranks) == world else resume["rng"])
         if len(ranks) != world and rank:  # another world size than the saved run: distinct streams at least
@@ -378,6 +391,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             if with_training_state:
                 # rng: rank 0's (what a single process resumes); rng_ranks: each rank's own dropout stream
                 payload.update(optimizer_state=optimizer.state_dict(), rng=rngs[0], rng_ranks=rngs, batch=stats.batches,
+                               epoch_done=epoch_done + (stats.batches - resumed_batches) * cfg.batch_size * world,
                                epoch_loss_sum=stats.loss_sum, epoch_tokens=stats.tokens,
                                epoch_grad_norm_sum=stats.grad_norm_sum, epoch_reward_sum=stats.reward_sum,
                                epoch_samples=stats.samples,
@@ -390,7 +404,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             desc = f"epoch {epoch + 1}/{cfg.epochs}"
             # Cross-entropy goes over (image, caption) pairs; SCST over images, each sampled scst_samples times.
             sampler = EpochSampler(len(train_set.items) if scst else len(pairs), cfg.seed, epoch,
-                                   stats.batches * cfg.batch_size, rank, world,
+                                   epoch_done, rank, world,
                                    weights=image_weights if scst else image_weights[pairs.image_index])
             # A private generator: DataLoader draws worker seeds from it, not from the global RNG, whose
             # state is saved for exact resume (a resumed epoch creates one iterator more than a straight run).
@@ -451,6 +465,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             else:
                 run["bad_epochs"] += 1
             stats = EpochStats()
+            epoch_done = resumed_batches = 0
             run["epoch"] = epoch + 1
             save("last.pt", epoch + 1, True)
             if improved:

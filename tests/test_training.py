@@ -169,3 +169,21 @@ def test_feature_cache_is_reused_and_keyed_by_how_features_are_made(tmp_path):
     assert cache_key(other_transform) != cache_key(model)
     fresh = encode_images(model, paths, torch.device("cpu"), cache_dir=None, progress=False)
     assert torch.allclose(fresh.float(), first.float())
+
+
+@pytest.mark.parametrize("old_world,new_world,batch", [(1, 1, 4), (2, 2, 4), (1, 3, 4), (2, 1, 4), (4, 3, 2)])
+def test_mid_epoch_resume_with_another_batch_size_or_world_sees_each_example_once(old_world, new_world, batch):
+    """The sampler resumes from examples done (over all ranks), so the new run's batch size plays no part."""
+    from captioner.training import EpochSampler
+
+    n, k = 37, 3  # 37 examples; stopped after 3 batches per rank
+    before = [i for r in range(old_world) for i in list(EpochSampler(n, 5, 2, 0, r, old_world))[: k * batch]]
+    done = k * batch * old_world  # what the checkpoint records (epoch_done)
+    after = [list(EpochSampler(n, 5, 2, done, r, new_world)) for r in range(new_world)]
+    assert len({len(a) for a in after}) == 1  # every rank runs the same number of batches
+    seen = before + [i for a in after for i in a]
+    assert set(seen) == set(range(n))  # nothing skipped
+    assert len(seen) - n < old_world + new_world  # repeats only as the padding that evens out the ranks
+    if old_world == new_world:  # same world: exactly the uninterrupted run's order
+        straight = [list(EpochSampler(n, 5, 2, 0, r, old_world)) for r in range(old_world)]
+        assert all(a == s[k * batch:] for a, s in zip(after, straight))
