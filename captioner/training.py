@@ -248,14 +248,13 @@ def dist_info() -> tuple[int, int]:
 
 def _all_ranks_agree(local: Callable[[], bool], world: int) -> Callable[[], bool]:
     """A stop request on any rank stops every rank at the same batch (DDP ranks must run in lockstep)."""
-    if world == 1:
-        return local
+    return local if world == 1 else (lambda: _any_rank(local()))
 
-    def agreed() -> bool:
-        flag = torch.tensor([1.0 if local() else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-    return agreed
+
+def _any_rank(flag: bool) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _sum_over_ranks(stats: EpochStats, world: int) -> EpochStats:
@@ -359,11 +358,18 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
         if cached:
             feats = None
             for turn in ((0,) if world == 1 else (0, 1)):  # rank 0 fills the cache, then the others read it
+                stopped = False
                 if (rank == 0) == (turn == 0):
-                    feats = encode_images(model, paths, device, cfg.batch_size, cfg.num_workers, cache_dir,
-                                          progress, local_stop)
-                if world > 1:
-                    dist.barrier()
+                    try:
+                        feats = encode_images(model, paths, device, cfg.batch_size, cfg.num_workers, cache_dir,
+                                              progress, local_stop)
+                    except KeyboardInterrupt:
+                        if world == 1:
+                            raise
+                        stopped = True
+                # instead of a barrier: the ranks waiting for this turn learn that it was stopped, and stop too
+                if world > 1 and _any_rank(stopped):
+                    raise KeyboardInterrupt
             load = _Features(feats)
         else:
             load = _Media(paths, build_transform(model.transform_spec, train=True), model.cfg.num_frames)

@@ -52,3 +52,28 @@ def test_torchrun_trains_a_copy_model(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert Captioner.load(out / "last.pt").caption([sorted(COCO_MINI_TRAIN_IMAGES.glob("*.jpg"))[0]])[0].strip()
+
+
+def test_torchrun_stopped_while_rank_0_encodes_stops_every_rank(tmp_path):
+    """SIGTERM while rank 0 fills the feature cache: the other rank waited at a barrier until rank 0 was gone,
+    then died with gloo's "Connection closed by peer" traceback. Now every rank stops cleanly."""
+    import os
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "captioner", "train", "--data", str(COCO_MINI_TRAIN),
+           "--images", str(COCO_MINI_TRAIN_IMAGES), "--epochs", "50", "--hidden-dim", "32", "--embed-dim", "16",
+           "--out", str(tmp_path / "run"), "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "encoding images" not in (line := proc.stderr.readline()) and time.monotonic() < deadline:
+        assert line or proc.poll() is None, "training ended before it encoded anything"
+    os.killpg(proc.pid, signal.SIGTERM)  # what a scheduler's preemption does: every process gets it
+    try:
+        _, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("a rank kept waiting after the stop")
+    assert err.count("captioner: interrupted") == 2 and "Traceback" not in err and "Error" not in err, err[-2000:]
