@@ -76,4 +76,6 @@ def test_torchrun_stopped_while_rank_0_encodes_stops_every_rank(tmp_path):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError("a rank kept waiting after the stop")
-    assert err.count("captioner: interrupted") == 2 and "Traceback" not in err and "Error" not in err, err[-2000:]
+    # (torchrun itself reports the signal it got with a traceback of its own; the ranks must not)
+    assert err.count("captioner: interrupted") == 2 and "[rank" not in err and "Connection closed" not in err, \
+        err[-2000:]
