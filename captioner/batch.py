@@ -41,7 +41,7 @@ from datetime import timedelta
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write
@@ -50,7 +50,7 @@ from .decoding import Hypothesis
 from .errors import CaptionerError, ConfigError, MediaError, StorageError
 from .stopping import stop_requests
 from .inference import Captioner, resolve_device
-from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, load_media_tensor, media_to, stack_or_list
+from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, WorkerLoader, load_media_tensor, stack_or_list
 
 try:
     import fcntl
@@ -425,12 +425,12 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(paths: Iterable[str], transform: Callable, batch_size: int, workers: int,
-                device: torch.device, num_frames: int = 16) -> DataLoader:
+                device: torch.device, num_frames: int = 16) -> WorkerLoader:
     """Batches of LoadedBatch. `paths` is consumed lazily (it is the sampler: the DataLoader asks it for
     only the next few batches), so the listing is streamed."""
     _check_sizes(batch_size, workers)
-    return DataLoader(MediaLoader(transform, num_frames), batch_size=batch_size, sampler=paths, num_workers=workers,
-                      collate_fn=collate_loaded, pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
+    return WorkerLoader(MediaLoader(transform, num_frames), batch_size=batch_size, sampler=paths,
+                        num_workers=workers, collate_fn=collate_loaded, pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
 
 
 def _check_sizes(batch_size: int, workers: int) -> None:

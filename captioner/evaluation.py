@@ -14,12 +14,10 @@ import os
 import time
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from .config import DecodeConfig
 from .datasets import CaptionSet
-from .decoding import decode
 from .errors import DatasetError
 from .features import default_cache_dir, encode_images
 from .inference import Captioner
@@ -47,9 +45,7 @@ def generate(captioner: Captioner, data: CaptionSet, cfg: DecodeConfig, batch_si
     with tqdm(total=len(paths), desc=f"captioning ({cfg.method})", unit="img", disable=not progress,
               leave=False) as bar:
         for s in range(0, len(paths), batch_size):
-            with torch.no_grad():
-                hyps = decode(captioner.model.decoder, feats[s: s + batch_size].to(captioner.device).float(),
-                              captioner.vocab, cfg)
+            hyps = captioner.decode_features(feats[s: s + batch_size], cfg)
             out.extend(captioner.vocab.decode(h[0].tokens) for h in hyps)
             bar.update(len(hyps))
     return out

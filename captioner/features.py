@@ -18,11 +18,11 @@ import os
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .atomic import save_tensors
-from .media import build_transform, load_media_tensor, media_to, stack_or_list
+from .media import WorkerLoader, build_transform, load_media_tensor, media_to, stack_or_list
 from .model import CaptionModel
 
 CACHE_VERSION = 2  # 2: large JPEGs decoded at reduced scale (media.load_image)
@@ -90,10 +90,10 @@ def encode_images(model: CaptionModel, paths: Sequence[str], device: torch.devic
     if todo:
         was_training = model.training
         model.eval()
-        loader = DataLoader(MediaFiles([paths[i] for i in todo], build_transform(model.transform_spec),
-                                       model.cfg.num_frames),
-                            batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
-                            generator=torch.Generator())  # keeps the global RNG (training's) untouched
+        loader = WorkerLoader(MediaFiles([paths[i] for i in todo], build_transform(model.transform_spec),
+                                         model.cfg.num_frames),
+                              batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
+                              generator=torch.Generator())  # keeps the global RNG (training's) untouched
         bar = tqdm(total=len(todo), desc="encoding images", unit="img", disable=not progress, leave=False)
         for media, local in loader:
             out = model.encode(media_to(media, device)).to("cpu", torch.float16)  # (b,P,E) or (b,F,E)

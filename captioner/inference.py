@@ -147,8 +147,7 @@ class Captioner:
         frames' CNN features change); adjacent windows with the same caption are merged."""
         cfg = replace(decode or self.decode_config, **decode_options)
         cfg.validate()
-        return caption_segments(self.model, self.vocab, path, cfg, self.transform, self.device,
-                                window=window, progress=progress)
+        return caption_segments(self, path, cfg, window=window, progress=progress)
 
     def _load(self, x: Any) -> torch.Tensor:
         """An input -> (3,H,W) for images, (F,3,H,W) for videos and clips already read."""
@@ -165,6 +164,12 @@ class Captioner:
         return self.caption_and_see(media, cfg)[0]
 
     @torch.no_grad()
+    def decode_features(self, feats: torch.Tensor, cfg: DecodeConfig | None = None) -> list[list[Hypothesis]]:
+        """What the decoder reads, (B,P,E) or (B,F,E) (from the encoder or the feature cache) -> hypotheses per
+        item, best first: the decoding half of the one path every surface takes."""
+        return decode(self.model.decoder, feats.to(self.device).float(), self.vocab, cfg or self.decode_config)
+
+    @torch.no_grad()
     def caption_and_see(self, media, cfg: DecodeConfig | None = None
                         ) -> tuple[list[list[Hypothesis]], list[list[Candidate]]]:
         """The one path from preprocessed inputs to captions (every surface ends here): hypotheses per input,
@@ -173,7 +178,7 @@ class Captioner:
                else contextlib.nullcontext())
         with amp:
             feats, class_probs = self.model.encode_and_classify(media_to(media, self.device))  # (B,P,E), (B,C)
-        hyps = decode(self.model.decoder, feats.float(), self.vocab, cfg or self.decode_config)
+        hyps = self.decode_features(feats, cfg)
         seen = default_nouns().candidates(class_probs.float()) if class_probs is not None else [[] for _ in hyps]
         return hyps, seen
 

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader
 
 from .errors import MediaError
 
@@ -147,6 +148,26 @@ def load_media_tensor(path: str | os.PathLike, transform: Preprocess, num_frames
 def clip_tensor(clip: "Clip", transform: Preprocess) -> torch.Tensor:
     """A clip's frames, each through the transform: (F,3,H,W)."""
     return torch.stack([transform(f) for f in clip.frames])
+
+
+class WorkerLoader(DataLoader):
+    """torch's DataLoader, safe to fork worker processes from a process that holds native objects with
+    threads of their own (ONNX Runtime sessions, engine.py). A forked worker inherits the parent's garbage;
+    if the worker's garbage collector then frees a dead session, its destructor waits for thread-pool
+    threads that do not exist in the child, and the worker hangs for ever (seen in the test suite). So the
+    parent collects its garbage and freezes what is left before the workers fork: they never collect it."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        try:
+            return super().__iter__()  # the workers are forked here
+        finally:
+            gc.unfreeze()
 
 
 def stack_or_list(tensors: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:

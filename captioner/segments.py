@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import DecodeConfig
-from .decoding import decode
 from .errors import ConfigError
 from .media import iter_frames_at, uniform_times, video_info
 
@@ -152,21 +151,22 @@ def _segment_features(model, path: str, transform: Callable, device: torch.devic
     return _fixed_segments(_sampled_features(model, path, times, transform, device, batch, progress), owner, bounds)
 
 
-def caption_segments(model, vocab, path: str | os.PathLike, cfg: DecodeConfig, transform: Callable,
-                     device: torch.device, window: float | str = 5.0, batch: int = 32,
-                     progress: bool = False) -> list[Segment]:
-    """Timed captions of one video; see the module docstring. Adjacent equal captions are merged."""
+def caption_segments(captioner, path: str | os.PathLike, cfg: DecodeConfig, window: float | str = 5.0,
+                     batch: int = 32, progress: bool = False) -> list[Segment]:
+    """Timed captions of one video with a `Captioner` (its encoder and decoding: the path every surface
+    takes); see the module docstring. Adjacent equal captions are merged."""
     path = os.fspath(path)
+    model, vocab = captioner.model, captioner.vocab
     segments: list[Segment] = []
     pending: list[tuple[float, float, torch.Tensor]] = []
 
     def flush() -> None:
         feats = torch.stack([model.clip_features(f) for _, _, f in pending])  # (S,P,E) or (S,F,E)
-        for (start, end, _), hyps in zip(pending, decode(model.decoder, feats, vocab, cfg)):
+        for (start, end, _), hyps in zip(pending, captioner.decode_features(feats, cfg)):
             segments.append(Segment(round(start, 3), round(end, 3), vocab.decode(hyps[0].tokens), hyps[0].log_prob))
         pending.clear()
 
-    for item in _segment_features(model, path, transform, device, window, batch, progress):
+    for item in _segment_features(model, path, captioner.transform, captioner.device, window, batch, progress):
         pending.append(item)
         if len(pending) == 8:
             flush()

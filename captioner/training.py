@@ -30,7 +30,7 @@ from .datasets import CaptionPairs, CaptionSet, collate_pairs, shows_person, tra
 from .decoding import decode
 from .errors import ConfigError
 from .features import encode_images
-from .media import build_transform, load_media_tensor, media_to
+from .media import WorkerLoader, build_transform, load_media_tensor, media_to
 from .metrics import caption_metrics
 from .model import CaptionModel
 from .scst import scst_epoch, training_scorer
@@ -414,10 +414,10 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
                                    weights=image_weights if scst else image_weights[pairs.image_index])
             # A private generator: DataLoader draws worker seeds from it, not from the global RNG, whose
             # state is saved for exact resume (a resumed epoch creates one iterator more than a straight run).
-            loader = DataLoader(range(len(train_set.items)) if scst else pairs, batch_size=cfg.batch_size,
-                                sampler=sampler, collate_fn=None if scst else collate_pairs,
-                                num_workers=0 if cached else cfg.num_workers, pin_memory=device.type == "cuda",
-                                generator=torch.Generator().manual_seed(cfg.seed + epoch))
+            loader = WorkerLoader(range(len(train_set.items)) if scst else pairs, batch_size=cfg.batch_size,
+                                  sampler=sampler, collate_fn=None if scst else collate_pairs,
+                                  num_workers=0 if cached else cfg.num_workers, pin_memory=device.type == "cuda",
+                                  generator=torch.Generator().manual_seed(cfg.seed + epoch))
             if scst:
                 stats = scst_epoch(trained, model.decoder, feats, scorer, vocab, loader, optimizer, device, cfg,
                                    stats, should_stop=stop, desc=desc, progress=progress)

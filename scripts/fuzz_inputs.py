@@ -355,7 +355,7 @@ def main(argv=None) -> int:
         print(f"  batch      exit status {b['status']}, traceback {'yes' if b['traceback'] else 'no'}, "
               f"{b['rows']} rows for {b['files']} files (one each: {'yes' if b['one_row_each'] else 'no'}), "
               f"{b['captioned']} captioned, {b['errors']} errors")
-    print(f"crashes / hangs / unnamed errors / changed weights: "
+    print("crashes / hangs / unnamed errors / changed weights: "
           + " / ".join(str(sum(c.outcome == k for c in r.cases)) for k in BAD)
           + f"; worker peak memory {r.peak_rss_mb:.0f} MiB")
     for c in r.problems[:20]:

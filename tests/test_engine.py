@@ -202,3 +202,25 @@ def test_source_key_follows_the_checkpoint(trained, tmp_path, monkeypatch):
     entry.write_text("{not json")  # damaged: the encoder is built again, captions unchanged
     assert deferred_encoder(ckpt) is None
     assert Captioner.load(trained["dir"] / "best.pt").model.encoder.deferred is None
+
+
+def test_workers_forked_beside_dead_onnx_sessions_do_not_hang_or_die(tmp_path):
+    """A forked DataLoader worker whose garbage collector freed an inherited, dead ONNX Runtime session hung
+    (or died) in its destructor: the suite hung in test_batch. media.WorkerLoader freezes the parent's
+    objects before forking; a plain DataLoader died here."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork.py"
+    script.write_text(
+        "import gc, io, torch\nimport onnxruntime as ort\nfrom captioner.media import WorkerLoader\n"
+        "gc.disable()\nbuf = io.BytesIO()\n"
+        "torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 8, 8),), buf, dynamo=False)\n"
+        "for _ in range(3):\n"
+        "    s = ort.InferenceSession(buf.getvalue(), providers=['CPUExecutionProvider'])\n"
+        "    s.run(None, {s.get_inputs()[0].name: torch.zeros(1, 3, 8, 8).numpy()})\n"
+        "    cycle = {'session': s}\n    cycle['self'] = cycle\n    del s, cycle\n"
+        "loader = WorkerLoader(range(4), batch_size=2, num_workers=1, worker_init_fn=lambda _: gc.collect())\n"
+        "print(sum(len(b) for b in loader))\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "4", proc.stderr[-2000:]
