@@ -183,7 +183,6 @@ class Captioner:
         return hyps, seen
 
 
-
 def _name(x: Any, i: int) -> str:
     if isinstance(x, (Image.Image, Clip)):
         return f"<{'image' if isinstance(x, Image.Image) else 'clip'} {i}>"
