@@ -14,7 +14,6 @@ Gradio is imported inside functions only, so `import captioner` never needs it.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
@@ -25,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
+from .cli_common import DEFAULT_CONCURRENCY, DEFAULT_EXAMPLES, DEFAULT_MAX_QUEUE
 from .config import DECODE_METHODS, DecodeConfig
 from .errors import CaptionerError, ConfigError
 from .inference import Captioner
@@ -33,7 +33,6 @@ from .segments import format_subtitles, parse_window
 
 log = logging.getLogger(__name__)
 
-from .serve_cli import DEFAULT_CONCURRENCY, DEFAULT_EXAMPLES, DEFAULT_MAX_QUEUE  # noqa: E402
 MAX_UPLOAD_MB = 20  # per uploaded image
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 MAX_VIDEO_MB = 200  # per uploaded video; Gradio's upload route refuses anything larger outright
@@ -469,9 +468,5 @@ def launch(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, share: bo
     return demo
 
 
-# ---------------------------------------------------------------- CLI: serve_cli.py (kept importable from here)
-from .serve_cli import add_serve_parser, cmd_serve  # noqa: E402
-
-
-__all__ = ["build_app", "launch", "launch_options", "add_serve_parser", "cmd_serve", "attention_overlay",
+__all__ = ["build_app", "launch", "launch_options", "attention_overlay",
            "model_view", "model_info_markdown", "decode_settings", "MAX_UPLOAD_MB", "MAX_VIDEO_MB"]

@@ -3,15 +3,13 @@
     captioner batch photos/ more/*.png list.txt --out results.jsonl [--checkpoint CKPT] [decoding flags]
     torchrun --nproc_per_node 4 -m captioner batch photos/ --out results.jsonl
 
-`add_batch_parser` and `cmd_batch` plug into cli.py; `main` (python -m captioner.batch_cli, and
-scripts/batch_caption.py) is the same command on its own, with cli.main's error handling: user errors
-print one line `captioner: error: ...` and exit 2; a stop by Ctrl-C or SIGTERM exits 130.
+`add_batch_parser` and `cmd_batch` plug into cli.py (user errors print one line `captioner: error: ...` and
+exit 2; a stop by Ctrl-C or SIGTERM exits 130). Run on its own as `python -m captioner batch ...`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
 
 DESCRIPTION = ("caption every image and video in files, folders (recursive), globs or .txt lists of paths into a "
                ".jsonl or .csv (path, caption, score, n-best, model, error); rerun the same command to resume")
@@ -25,7 +23,7 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
 
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import _add_decode_flags, add_model_flags  # lazy: cli.py imports this module
+    from .cli_common import add_decode_flags, add_model_flags
 
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video file, folder (searched recursively), glob (quote it) or .txt file "
@@ -37,7 +35,7 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-failed", dest="retry_failed", action="store_true",
                    help="caption again the files whose earlier row is an error (others are always skipped)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_decode_flags(p)
+    add_decode_flags(p)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -45,12 +43,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from .batch import (check_inputs, check_output, close_distributed, init_distributed, model_id, run_batch,
                         shard_device)
-    from .cli import _checkpoint_path, decode_overrides
+    from .cli_common import checkpoint_path, decode_overrides
     from .inference import Captioner
 
     check_output(args.out)  # before any work: a bad --out or input fails in a second, not after loading
     check_inputs(args.inputs)
-    checkpoint = _checkpoint_path(args.checkpoint)
+    checkpoint = checkpoint_path(args.checkpoint)
     device = shard_device(args.device)
     shard = init_distributed(device)
     try:
@@ -72,14 +70,3 @@ def _stderr(msg: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(msg, file=sys.stderr)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m captioner.batch_cli ...` == `captioner batch ...` (same parser and error handling)."""
-    from .cli import main as cli_main
-
-    return cli_main(["batch", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,65 +10,12 @@ import errno
 import json
 import os
 import sys
-from dataclasses import fields
-from typing import Any, Sequence
+from typing import Sequence
 
-from .config import (DATASET_FORMATS, DECODE_METHODS, OBJECTIVES, RNN_TYPES, SCHEDULERS, TEMPORAL, DecodeConfig,
-                     ModelConfig, TrainConfig)
+from .cli_common import (CHECKPOINT_HELP, add_decode_flags, add_model_flags, checkpoint_path, decode_overrides,
+                         overrides)
+from .config import DATASET_FORMATS, OBJECTIVES, RNN_TYPES, SCHEDULERS, TEMPORAL, ModelConfig, TrainConfig
 from .errors import CaptionerError, ConfigError
-
-CHECKPOINT_HELP = "model file (default: the installed default model, or $CAPTIONER_CHECKPOINT)"
-ENGINE_CHOICES = ("auto", "torch", "onnx")  # engine.ENGINES, here without importing torch
-
-
-def add_model_flags(p: argparse.ArgumentParser, batch_size: int | None = None,
-                    device_help: str = "auto, cpu, cuda, cuda:N") -> None:
-    """The flags every captioning command shares: which model, on which device, run by which engine."""
-    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
-    p.add_argument("--device", default="auto", help=device_help)
-    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
-                   help="what runs the CNN encoder: auto = ONNX Runtime on the CPU (exported once and cached "
-                        "next to the feature cache), torch on CUDA")
-    if batch_size is not None:
-        p.add_argument("--batch-size", dest="batch_size", type=int, default=batch_size)
-
-
-def _add_decode_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("decoding")
-    g.add_argument("--method", choices=DECODE_METHODS, help="decoding method (default: the checkpoint's)")
-    g.add_argument("--beam-size", dest="beam_size", type=int)
-    g.add_argument("--num-captions", dest="num_captions", type=int, help="n-best captions per input")
-    g.add_argument("--max-len", dest="max_len", type=int, help="max words per caption")
-    g.add_argument("--min-len", dest="min_len", type=int)
-    g.add_argument("--length-penalty", dest="length_penalty", type=float, help="GNMT alpha, 0 = off")
-    g.add_argument("--no-repeat-ngram-size", dest="no_repeat_ngram_size", type=int)
-    g.add_argument("--repetition-penalty", dest="repetition_penalty", type=float)
-    g.add_argument("--allow-unk", dest="suppress_unk", action="store_false", default=None,
-                   help="allow the <unk> token in outputs (suppressed by default)")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-k", dest="top_k", type=int)
-    g.add_argument("--top-p", dest="top_p", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--require-object", dest="require_object", action="store_true", default=None,
-                   help="copy models: when the CNN is confident of a noun, the caption must name it")
-    g.add_argument("--no-require-object", dest="require_object", action="store_false",
-                   help="let the caption end without naming what the CNN is sure of")
-    g.add_argument("--require-prob", dest="require_prob", type=float,
-                   help="how sure the CNN must be of a noun for --require-object (default: the checkpoint's)")
-    g.add_argument("--no-repeat-words", dest="no_repeat_words", action="store_true", default=None,
-                   help="say each content word at most once")
-    g.add_argument("--person-gate", dest="person_gate", action="store_true", default=None,
-                   help="models with a person detector: person words only where it says there is a person")
-    g.add_argument("--no-person-gate", dest="person_gate", action="store_false")
-    g.add_argument("--person-prob", dest="person_prob", type=float,
-                   help="how sure the person detector must be before a caption may say a person")
-    g.add_argument("--allow-repeat-words", dest="no_repeat_words", action="store_false",
-                   help="allow a content word to be said again")
-
-
-def _overrides(cls, args: argparse.Namespace) -> dict[str, Any]:
-    """The flags the user gave (not None) whose names are fields of config class `cls`."""
-    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --segments: write DIR/<video name>.<format> per video instead of printing")
     c.add_argument("--json", action="store_true", help="print one JSON object per line")
     add_model_flags(c, batch_size=16)
-    _add_decode_flags(c)
+    add_decode_flags(c)
 
     e = sub.add_parser("evaluate", help="caption a dataset split and score it (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D)")
     add_model_flags(e, batch_size=64)
@@ -184,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-meteor", dest="meteor", action="store_false", help="skip METEOR (Java, ~10 s)")
     e.add_argument("--cache-dir", dest="cache_dir", help="feature cache (default: ~/.cache/captioner/features)")
     e.add_argument("--quiet", action="store_true")
-    _add_decode_flags(e)
+    add_decode_flags(e)
 
     pl = sub.add_parser("plot", help="draw a training run's learning curves (loss, BLEU-4, CIDEr-D, grad norm, lr); "
                         "several runs that continue each other (e.g. xent, then scst) are drawn one after another")
@@ -205,16 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _checkpoint_path(path: str | None) -> str:
-    from .defaults import resolve_checkpoint
-
-    return resolve_checkpoint(path)
-
-
 def cmd_caption(args: argparse.Namespace) -> int:
     from .inference import Captioner
 
-    cap = Captioner.load(_checkpoint_path(args.checkpoint), device=args.device, engine=args.engine)
+    cap = Captioner.load(checkpoint_path(args.checkpoint), device=args.device, engine=args.engine)
     if args.segments:
         return _caption_segments(cap, args)
     results = cap.caption_detailed(args.files, batch_size=max(1, args.batch_size), **decode_overrides(args))
@@ -271,14 +212,6 @@ def _caption_segments(cap, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def decode_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Decoding flags the user gave; --beam-size or --num-captions without --method mean beam search."""
-    opts = _overrides(DecodeConfig, args)
-    if "method" not in opts and ("beam_size" in opts or "num_captions" in opts):
-        opts["method"] = "beam"
-    return opts
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -291,7 +224,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         os.makedirs(args.out, exist_ok=True)  # a bad --out fails now, not after captioning the split
     data = read_and_report(args.data, args.images, args.format, args.split, "evaluating", log)
-    cap = Captioner.load(_checkpoint_path(args.checkpoint), device=args.device, engine=args.engine)
+    cap = Captioner.load(checkpoint_path(args.checkpoint), device=args.device, engine=args.engine)
     cfg = replace(cap.decode_config, **decode_overrides(args))
     report, captions = evaluate(cap, data, cfg, split=args.split, batch_size=max(1, args.batch_size),
                                 meteor=args.meteor, cache_dir=args.cache_dir or "default", progress=not args.quiet)
@@ -310,7 +243,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .engine import export_encoder
 
-    path = _checkpoint_path(args.checkpoint)
+    path = checkpoint_path(args.checkpoint)
     if os.path.exists(args.onnx) and not os.path.isdir(args.onnx):
         raise ConfigError(f"--onnx {args.onnx!r} is a file; expected a folder to write encoder.onnx into")
     model, _ = model_from_checkpoint(load_checkpoint(path), path)
@@ -326,7 +259,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
 
-    path = _checkpoint_path(args.checkpoint)
+    path = checkpoint_path(args.checkpoint)
     ckpt = load_checkpoint(path)
     from .defaults import checkpoint_origin
 
@@ -348,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             from .train_cli import cmd_train
-            return cmd_train(args, _overrides(ModelConfig, args), _overrides(TrainConfig, args))
+            return cmd_train(args, overrides(ModelConfig, args), overrides(TrainConfig, args))
         if args.command == "caption":
             return cmd_caption(args)
         if args.command == "evaluate":

@@ -3,17 +3,14 @@ so building the CLI's parser imports neither gradio nor torch."""
 from __future__ import annotations
 
 import argparse
-import os
 
+from .cli_common import (DEFAULT_CONCURRENCY, DEFAULT_EXAMPLES, DEFAULT_MAX_QUEUE, add_model_flags,
+                         checkpoint_path)
 from .errors import ConfigError, require_extra
 
-DEFAULT_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "examples")
-DEFAULT_CONCURRENCY = 2  # captioning requests run at once (more just thrash 2 CPU cores)
-DEFAULT_MAX_QUEUE = 32  # requests waiting; beyond this Gradio tells the user the queue is full
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from .cli import add_model_flags
 
     s = sub.add_parser("serve", help="start the web app (Gradio) on http://HOST:PORT",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -29,13 +26,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .cli import _checkpoint_path
 
     require_extra("gradio", "app", "the web app")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     from .app import launch
 
-    launch(_checkpoint_path(args.checkpoint), host=args.host, port=args.port, share=args.share,
+    launch(checkpoint_path(args.checkpoint), host=args.host, port=args.port, share=args.share,
            device=args.device, engine=args.engine, examples_dir=args.examples, concurrency=args.concurrency, max_queue=args.max_queue)
     return 0

@@ -5,7 +5,7 @@
 """
 import sys
 
-from captioner.batch_cli import main
+from captioner.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["batch", *sys.argv[1:]]))

@@ -11,7 +11,7 @@ measures, in one process, with the same checkpoint, batch size and workers, each
 and prints the ratios (targets: onnx batch / torch batch >= 2, onnx batch / fastest forward >= 0.85) and
 whether both engines wrote the same captions. Runs alternate --repeats times after one warm-up batch each;
 ratios use the medians.
-Then peak memory: `python -m captioner.batch_cli` in a subprocess over --memory-files and 4x as many files;
+Then peak memory: `python -m captioner batch` in a subprocess over --memory-files and 4x as many files;
 peak RSS (main process and its reaped workers, from wait4) must not grow with the number of files.
 
     python scripts/bench_batch.py [--checkpoint assets/default.pt] [--files 512] [--batch-size 32]
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
             peaks = []
             for n in (a.memory_files, 4 * a.memory_files):
                 sub = make_folder(sources, n, os.path.join(tmp, f"mem{n}"))
-                cmd = [sys.executable, "-m", "captioner.batch_cli", sub, "--out", os.path.join(tmp, f"mem{n}.jsonl"),
+                cmd = [sys.executable, "-m", "captioner", "batch", sub, "--out", os.path.join(tmp, f"mem{n}.jsonl"),
                        "--checkpoint", a.checkpoint, "--batch-size", str(a.batch_size), "--workers",
                        str(a.workers), "--beam-size", str(a.beam_size), "--device", a.device, "--quiet"]
                 peaks.append(peak_rss_mb(cmd))

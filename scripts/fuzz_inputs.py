@@ -288,7 +288,7 @@ def run_batch(cases: list[Case], checkpoint: str, folder: str, timeout: float) -
     listing = os.path.join(folder, "media.txt")
     Path(listing).write_text("".join(p + "\n" for p in media))
     out = os.path.join(folder, "batch.jsonl")
-    proc = subprocess.run([sys.executable, "-m", "captioner.batch_cli", listing, "--out", out, "--checkpoint",
+    proc = subprocess.run([sys.executable, "-m", "captioner", "batch", listing, "--out", out, "--checkpoint",
                            checkpoint, "--quiet"], capture_output=True, text=True, timeout=timeout * len(media) + 300)
     rows = [json.loads(line) for line in Path(out).read_text().splitlines()] if os.path.exists(out) else []
     per_path = Counter(r["path"] for r in rows)

@@ -17,12 +17,13 @@ from PIL import Image
 
 from conftest import COCO_MINI_TRAIN_IMAGES
 
-from captioner.app import (MAX_UPLOAD_BYTES, MAX_VIDEO_MB, _upload_path, add_serve_parser, attention_overlay,
-                           build_app, cmd_serve, decode_settings, launch, model_info_markdown, model_view)
+from captioner.app import (MAX_UPLOAD_BYTES, MAX_VIDEO_MB, _upload_path, attention_overlay, build_app,
+                           decode_settings, launch, model_info_markdown, model_view)
 from captioner.config import DecodeConfig
 from captioner.errors import CaptionerError, ConfigError
 from captioner.inference import Captioner
 from captioner.media import build_transform
+from captioner.serve_cli import add_serve_parser, cmd_serve
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402

@@ -18,13 +18,18 @@ import pytest
 from PIL import Image
 
 from captioner.batch import check_inputs, iter_inputs
-from captioner.batch_cli import main
+from captioner.cli import main as cli_main
 from captioner.errors import ConfigError
 from captioner.inference import Captioner
 from conftest import COCO_MINI_TRAIN_IMAGES
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = sorted(COCO_MINI_TRAIN_IMAGES.glob("*.jpg"))
+
+
+def main(argv: list[str]) -> int:
+    """`captioner batch ARGV`, in process."""
+    return cli_main(["batch", *argv])
 
 
 def png_with_size(width: int, height: int) -> bytes:
@@ -232,7 +237,7 @@ def test_hard_kill_leftovers_torn_lines_and_parts_resume_exactly(many, ckpt, ref
 @pytest.mark.timeout(300)  # a hang guard, not a speed check
 def test_sigterm_stops_cleanly_and_the_rerun_resumes(many, ckpt, reference, tmp_path):
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "captioner.batch_cli", str(many), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "captioner", "batch", str(many), "--out", str(out),
                              "--checkpoint", ckpt, "--batch-size", "2", "--workers", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     # Stop it once the first batch is on disk (or it has ended, which the assertions below then report).
@@ -262,7 +267,7 @@ def test_torchrun_two_cpu_processes_merge_to_the_single_process_result(many, ckp
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                           "-m", "captioner.batch_cli", str(many), "--out", str(out), "--checkpoint", ckpt,
+                           "-m", "captioner", "batch", str(many), "--out", str(out), "--checkpoint", ckpt,
                            "--quiet", "--batch-size", "4", "--device", "cpu"],
                           capture_output=True, text=True, timeout=240, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr

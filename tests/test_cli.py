@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,32 @@ def test_help_and_version_do_not_import_torch_or_gradio():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_package_has_no_import_cycles():
+    """Every `from .x import` in captioner/ (at module level or inside a function) forms an acyclic graph: a
+    surface (cli, batch_cli, serve_cli, app) never imports another surface that imports it back."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "captioner"
+    modules = {p.stem: p for p in package.glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {"__init__"}
+        graph[name] = deps & set(modules)
+
+    def cycle_from(start, node, path):
+        for dep in sorted(graph[node]):
+            if dep == start:
+                return path + [dep]
+            if dep not in path:
+                found = cycle_from(start, dep, path + [dep])
+                if found:
+                    return found
+        return None
+
+    cycles = [c for c in (cycle_from(m, m, [m]) for m in sorted(graph)) if c]
+    assert cycles == []

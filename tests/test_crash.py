@@ -84,7 +84,7 @@ def test_batch_killed_anywhere_ends_with_one_row_per_file(trained, tmp_path):
     listing = tmp_path / "files.txt"
     listing.write_text("".join(f"{p}\n" for p in photos))
     out = tmp_path / "out.jsonl"
-    args = [sys.executable, "-m", "captioner.batch_cli", str(listing), "--out", str(out), "--checkpoint",
+    args = [sys.executable, "-m", "captioner", "batch", str(listing), "--out", str(out), "--checkpoint",
             str(trained["dir"] / "best.pt"), "--batch-size", "4", "--workers", "1", "--quiet"]
     rng = random.Random(1)
     for delay in [rng.uniform(4, 9) for _ in range(3)] + [600.0]:
