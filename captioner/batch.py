@@ -20,6 +20,9 @@ has finished (Hadoop's output-committer pattern: per-task files, one commit; the
 filesystem rank 0 sees). Parts left by a killed run of any world size are read (skipped) and merged by the
 next run that completes.
 
+Where: the listing is listing.py, the results file (log, lock, repair, merge) results.py; this module
+loads, captions, runs the loop and sets up torchrun.
+
 Peak memory does not grow with the number of input files beyond one small set of path strings (the
 listing's de-duplication and the paths already in the output): the listing is streamed through the
 DataLoader's sampler, and at most prefetch_factor x workers batches are in flight.
@@ -27,16 +30,11 @@ DataLoader's sampler, and at most prefetch_factor x workers batches are in fligh
 from __future__ import annotations
 
 import contextlib
-import csv
-import glob
 import hashlib
-import io
-import json
 import os
 import signal
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
@@ -44,334 +42,15 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write
 from .config import DecodeConfig
 from .decoding import Hypothesis
-from .errors import CaptionerError, ConfigError, MediaError, StorageError
+from .errors import CaptionerError, ConfigError
 from .stopping import stop_requests
 from .inference import Captioner, resolve_device
-from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, WorkerLoader, load_media_tensor, stack_or_list
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; one run per output is then the user's job
-    fcntl = None
-
-OUTPUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
-LIST_EXTENSIONS = (".txt",)  # an input file with this extension lists one input path per line
-COLUMNS = ("path", "caption", "score", "captions", "model", "error")
-_GLOB_CHARS = set("*?[")
-
-
-# ----------------------------------------------------------------------------------------------- inputs
-
-MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
-
-
-def iter_inputs(specs: Sequence[str], extensions: Sequence[str] = MEDIA_EXTENSIONS) -> Iterator[str]:
-    """Every input file once, in a deterministic order, streamed. Specs in the order given; a folder: its
-    files with one of `extensions` (any case), recursively, sorted by name, hidden entries skipped; a glob:
-    its matches sorted (folders walked, files filtered by extension); a .txt file: the paths it lists, one
-    per line, relative to the current folder, in its own order (blank lines and #-comments skipped); any
-    other path: itself. By default images and videos are both listed."""
-    exts = tuple(e.lower() for e in extensions)
-    seen: set[str] = set()
-    for spec in specs:
-        for path in _expand(os.fspath(spec), exts):
-            path = os.path.normpath(path)
-            if path not in seen:  # a file reached twice (a folder and a glob in it) is captioned once
-                seen.add(path)
-                yield path
-
-
-def _expand(spec: str, exts: tuple[str, ...]) -> Iterator[str]:
-    if os.path.isdir(spec):
-        yield from _walk(spec, exts)
-    elif spec.lower().endswith(LIST_EXTENSIONS) and os.path.isfile(spec):
-        yield from _read_list(spec)
-    elif not os.path.lexists(spec) and _GLOB_CHARS & set(spec):
-        for match in sorted(glob.glob(spec, recursive=True)):
-            if os.path.isdir(match):
-                yield from _walk(match, exts)
-            elif match.lower().endswith(exts):
-                yield match
-    else:
-        yield spec  # a file, or one that vanished: it becomes a row with `error`
-
-
-def _walk(folder: str, exts: tuple[str, ...]) -> Iterator[str]:
-    """Depth-first, entries sorted by name; holds one folder's listing per level, never the whole tree.
-    Symlinked folders are not followed (no cycles); symlinked files are."""
-    try:
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        raise MediaError(f"{folder}: cannot list folder ({exc.strerror or exc})") from None
-    for e in entries:
-        if e.name.startswith("."):  # .DS_Store, macOS ._photo.jpg resource forks, .git, ...
-            continue
-        if e.is_dir(follow_symlinks=False):
-            yield from _walk(e.path, exts)
-        elif e.name.lower().endswith(exts) and e.is_file():
-            yield e.path
-
-
-def _read_list(path: str) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                yield line
-
-
-def check_inputs(specs: Sequence[str]) -> None:
-    """Fail before any work on an input that names nothing (a typo), rather than write a row for it."""
-    if not specs:
-        raise ConfigError("no inputs given; pass image files, folders, globs or a .txt list of paths")
-    for spec in map(os.fspath, specs):
-        if os.path.lexists(spec):
-            continue
-        if _GLOB_CHARS & set(spec):
-            if next(glob.iglob(spec, recursive=True), None) is None:
-                raise ConfigError(f"input {spec!r} matches no files")
-        else:
-            raise ConfigError(f"input {spec!r} does not exist; expected an image file, a folder, a glob or a "
-                              f".txt list of paths")
-
-
-# ----------------------------------------------------------------------------------------------- output files
-
-def output_format(out: str) -> str:
-    ext = os.path.splitext(out)[1].lower()
-    if ext not in OUTPUT_FORMATS:
-        raise ConfigError(f"output {out!r} has extension {ext or '(none)'!r}; choose one of: "
-                          f"{', '.join(OUTPUT_FORMATS)}")
-    return OUTPUT_FORMATS[ext]
-
-
-def check_output(out: str) -> str:
-    """Before any work: the output's format is known and its folder exists and takes new files (the final
-    rewrite is a temp file in that folder). Returns the format."""
-    fmt = output_format(out)
-    folder = os.path.dirname(os.path.abspath(out))
-    if os.path.isdir(out):
-        raise ConfigError(f"output {out!r} is a folder; expected a .jsonl or .csv file path")
-    if not os.path.isdir(folder):
-        raise ConfigError(f"output folder {folder!r} does not exist; create it first")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-        if os.path.exists(out):
-            with open(out, "ab"):
-                pass
-    except OSError as exc:
-        raise ConfigError(f"output {out!r} is not writable ({exc.strerror or exc})") from None
-    return fmt
-
-
-def part_path(out: str, rank: int, world: int) -> str:
-    return f"{out}.part-{rank}-of-{world}"
-
-
-def existing_parts(out: str) -> list[str]:
-    """Part files of any world size, in (world, rank) order."""
-    def key(p: str):
-        rank, world = p.rsplit(".part-", 1)[1].split("-of-")
-        return int(world), int(rank)
-    parts = [p for p in glob.glob(glob.escape(out) + ".part-*-of-*") if p.rsplit("-of-", 1)[1].isdigit()]
-    return sorted(parts, key=key)
-
-
-class OutputFile:
-    """Reads an output file as (offset, raw bytes, row) records. A torn tail (bytes after the last newline:
-    a kill in mid-write; we only ever append whole newline-terminated rows) is not a record; `end` is where
-    the valid data ends. A complete record that does not parse is not ours: an error, never truncated."""
-
-    def __init__(self, path: str, fmt: str):
-        self.path, self.fmt, self.end = path, fmt, 0
-
-    def records(self) -> Iterator[tuple[int, bytes, dict]]:
-        if not os.path.exists(self.path):
-            return
-        with open(self.path, "rb") as f:
-            for offset, raw in _raw_records(f, self.fmt):
-                row = self._parse(raw, offset)
-                self.end = offset + len(raw)
-                if row is not None:
-                    yield offset, raw, row
-
-    def _parse(self, raw: bytes, offset: int) -> dict | None:
-        text = raw.decode("utf-8", "surrogateescape")
-        try:
-            if self.fmt == "csv":
-                values = next(csv.reader(io.StringIO(text)))
-                if offset == 0:
-                    if tuple(values) != COLUMNS:
-                        raise ValueError(f"header {','.join(values)[:80]!r}, expected {','.join(COLUMNS)!r}")
-                    return None
-                if len(values) != len(COLUMNS):
-                    raise ValueError(f"{len(values)} columns, expected {len(COLUMNS)}")
-                return dict(zip(COLUMNS, values))
-            row = json.loads(text)
-            if not isinstance(row, dict) or "path" not in row or "model" not in row:
-                raise ValueError("a row needs path and model")
-            return row
-        except (ValueError, csv.Error) as exc:
-            raise ConfigError(f"{self.path}: not a captioner batch output (byte {offset}: {exc}); choose "
-                              f"another --out or fix the file") from None
-
-
-def _raw_records(f: io.BufferedReader, fmt: str) -> Iterator[tuple[int, bytes]]:
-    """Newline-terminated records. A CSV record spans lines while a quoted field is open (odd quote count)."""
-    offset, buf = 0, b""
-    for line in iter(f.readline, b""):
-        if not line.endswith(b"\n"):
-            return  # torn tail
-        buf += line
-        if fmt == "csv" and buf.count(b'"') % 2:
-            continue
-        yield offset, buf
-        offset, buf = offset + len(buf), b""
-
-
-@dataclass
-class Done:
-    """What earlier runs left in the output: path -> whether its (newest) row is an error."""
-
-    failed: dict[str, bool] = field(default_factory=dict)
-    rows: int = 0
-    superseded: bool = False  # some path has more than one row (a retry, or a run killed before its rewrite)
-
-
-def load_done(files: Sequence[OutputFile], model_id: str) -> Done:
-    """Read every earlier row, oldest file first (newer rows win). Rows from another model are an error:
-    one file must not mix captions from two models."""
-    done = Done()
-    for f in files:
-        for _, _, row in f.records():
-            if row["model"] != model_id:
-                raise ConfigError(f"{f.path} holds rows from model {row['model']!r}, not {model_id!r}; write to "
-                                  f"another --out (or move the old one away)")
-            done.superseded |= row["path"] in done.failed
-            done.failed[row["path"]] = bool(row.get("error"))
-            done.rows += 1
-    return done
-
-
-# Output files this process holds locked. Forked DataLoader workers inherit the descriptors, and a flock
-# lives as long as any copy: after a kill -9 of the main process the orphaned workers (which notice only
-# seconds later) would keep the output locked and refuse the rerun. Workers close their copies first thing.
-_LOCKED_FDS: set[int] = set()
-
-
-class ResultWriter:
-    """Appends rows to one output file: locked against a second run, the torn tail cut off, one unbuffered
-    write + fsync per call."""
-
-    def __init__(self, path: str, fmt: str):
-        self.path, self.fmt = path, fmt
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self.fd)
-                raise ConfigError(f"{path} is being written by another batch run; wait for it or choose "
-                                  f"another --out") from None
-            _LOCKED_FDS.add(self.fd)
-
-    def repair(self, end: int) -> bool:
-        """Cut a torn tail (bytes after the last complete record); write the CSV header into an empty file.
-        A file with no complete record is only cut if its bytes could begin one of our files."""
-        size = os.fstat(self.fd).st_size
-        if end == 0 and size:
-            with open(self.path, "rb") as f:
-                head = f.read(16)
-            ours = (",".join(COLUMNS) if self.fmt == "csv" else '{"path": ').encode()
-            if not (head.startswith(ours) or ours.startswith(head)):
-                raise ConfigError(f"{self.path}: not a captioner batch output (starts {head!r}); choose "
-                                  f"another --out")
-        torn = size > end
-        if torn:
-            os.ftruncate(self.fd, end)
-        if end == 0 and self.fmt == "csv":
-            self._append(",".join(COLUMNS) + "\n")
-        return torn
-
-    def write(self, rows: Sequence[dict]) -> None:
-        if rows:
-            self._append(format_rows(rows, self.fmt))
-
-    def _append(self, text: str) -> None:
-        data = text.encode("utf-8", "surrogateescape")
-        before = os.fstat(self.fd).st_size
-        try:
-            while data:  # O_APPEND: each write lands at the end; loop only on a short write
-                data = data[os.write(self.fd, data):]
-            os.fsync(self.fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):  # drop the part of this batch that got in: no torn row left
-                os.ftruncate(self.fd, before)
-            raise StorageError(f"{self.path}: could not write results ({exc.strerror or exc}); every row "
-                               f"written before is kept: make room and rerun the same command to continue") from None
-
-    def close(self) -> None:
-        _LOCKED_FDS.discard(self.fd)
-        os.close(self.fd)  # also releases the lock
-
-    def __enter__(self) -> "ResultWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def format_rows(rows: Sequence[dict], fmt: str) -> str:
-    if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    for r in rows:
-        nbest = json.dumps(r["captions"], ensure_ascii=False) if r.get("captions") else ""
-        w.writerow([r["path"], r["caption"] or "", "" if r["score"] is None else r["score"], nbest, r["model"],
-                    r["error"] or ""])
-    return buf.getvalue()
-
-
-def merge_outputs(out: str, sources: Sequence[str], listing: Iterable[str], fmt: str) -> int:
-    """Rewrite `out` atomically from `sources` (oldest first; a path's newest row wins): rows of listed paths
-    in listing order, then rows of unlisted paths in their old order. Removes the sources other than `out`.
-    Memory: one (file, offset, length) per row, not the rows. Returns the number of rows written."""
-    index: dict[str, tuple[int, int, int]] = {}
-    for i, src in enumerate(sources):
-        for offset, raw, row in OutputFile(src, fmt).records():
-            index[row["path"]] = (i, offset, len(raw))
-    written = 0
-    with contextlib.ExitStack() as stack, atomic_write(out, keep_mode=True) as w:
-        files = [stack.enter_context(open(s, "rb")) if os.path.exists(s) else None for s in sources]
-
-        def copy(loc: tuple[int, int, int]) -> None:
-            f = files[loc[0]]
-            f.seek(loc[1])
-            w.write(f.read(loc[2]))
-
-        if fmt == "csv":
-            w.write((",".join(COLUMNS) + "\n").encode())
-        for path in listing:
-            loc = index.pop(path, None)
-            if loc is not None:
-                copy(loc)
-                written += 1
-        for i, src in enumerate(sources):  # paths no longer listed: kept, never silently dropped
-            for offset, raw, row in OutputFile(src, fmt).records():
-                if index.get(row["path"]) == (i, offset, len(raw)):
-                    w.write(raw)
-                    del index[row["path"]]
-                    written += 1
-    for src in sources:
-        if os.path.abspath(src) != os.path.abspath(out):
-            os.unlink(src)
-    return written
+from .listing import MEDIA_EXTENSIONS, check_inputs, iter_inputs  # noqa: F401 - re-exported: batch's API
+from .media import WorkerLoader, load_media_tensor, stack_or_list
+from .results import (_LOCKED_FDS, Done, OutputFile, ResultWriter, check_output, existing_parts,  # noqa: F401
+                      load_done, merge_outputs, part_path)
 
 
 # ----------------------------------------------------------------------------------------------- loading
