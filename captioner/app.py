@@ -461,7 +461,8 @@ def launch(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, share: bo
         first = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot serve on {host}:{port} ({first}); pick another --port") from None
     if not quiet:
-        print(f"captioner: serving {os.path.basename(checkpoint)} ({captioner.device}, {captioner.engine} encoder) at {demo.local_url}"
+        print(f"captioner: serving {os.path.basename(checkpoint)} ({captioner.device}, {captioner.engine} encoder) "
+              f"at {demo.local_url}"
               + (f" and {demo.share_url}" if demo.share_url else "") + "; Ctrl-C stops it", flush=True)
     if not prevent_thread_lock:
         demo.block_thread()

@@ -57,7 +57,8 @@ def save_tensors(obj, path: str | os.PathLike) -> None:
         import shutil
 
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-        raise _storage_error(os.fspath(path), OSError(f"the write failed: disk full? {free:,} bytes free once the partial file was removed")) from None
+        reason = f"the write failed: disk full? {free:,} bytes free once the partial file was removed"
+        raise _storage_error(os.fspath(path), OSError(reason)) from None
 
 
 def _storage_error(path: str, exc: OSError) -> StorageError:

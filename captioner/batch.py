@@ -109,7 +109,8 @@ def make_loader(paths: Iterable[str], transform: Callable, batch_size: int, work
     only the next few batches), so the listing is streamed."""
     _check_sizes(batch_size, workers)
     return WorkerLoader(MediaLoader(transform, num_frames), batch_size=batch_size, sampler=paths,
-                        num_workers=workers, collate_fn=collate_loaded, pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
+                        num_workers=workers, collate_fn=collate_loaded, pin_memory=device.type == "cuda",
+                        worker_init_fn=_worker_init)
 
 
 def _check_sizes(batch_size: int, workers: int) -> None:

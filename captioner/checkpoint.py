@@ -24,8 +24,8 @@ import torch
 from . import __version__
 from .atomic import save_tensors
 from .config import ModelConfig
-from .errors import CheckpointError
 from .encoder import ImageEncoder
+from .errors import CheckpointError
 from .model import CaptionModel, build_model
 from .nouns import load_table
 from .vocab import Vocabulary

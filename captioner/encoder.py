@@ -174,6 +174,15 @@ def build_backbone(name: str, weights: str = "pretrained") -> Backbone:
     return BACKBONES[name](weights)
 
 
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """SHA-1 of a state dict by value (names and bytes, in order)."""
+    h = hashlib.sha1()
+    for name, tensor in state.items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class ImageEncoder(nn.Module):
     """Backbone + flattening to a grid. Frozen by default; `fine_tune` unfreezes the last N stages.
 
@@ -220,11 +229,7 @@ class ImageEncoder(nn.Module):
         feature cache or an exported graph with another."""
         if self.deferred:
             return f"deferred:{self.deferred}"
-        h = hashlib.sha1()
-        for name, tensor in self.state_dict().items():
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
+        return state_fingerprint(self.state_dict())
 
     @property
     def has_classifier(self) -> bool:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
+from .encoder import ImageEncoder, state_fingerprint
 from .errors import ConfigError
 from .features import default_cache_dir
 from .model import CaptionModel
@@ -224,11 +225,7 @@ def source_key(ckpt: dict) -> str | None:
         desc["package"] = [dist.version, hashes]
     state = ckpt.get("encoder_state")
     if state is not None:
-        h = hashlib.sha1()
-        for name, tensor in state.items():
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        desc["state"] = h.hexdigest()
+        desc["state"] = state_fingerprint(state)
     elif not source.startswith("pypi:"):
         return None
     return hashlib.sha1(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -255,8 +252,6 @@ def remember_source(ckpt: dict, encoder: nn.Module, cache_dir: str | None = None
 def deferred_encoder(ckpt: dict, cache_dir: str | None = None) -> nn.Module | None:
     """The checkpoint's encoder as its cached graph alone (ImageEncoder.deferred_to), or None if it has not
     been exported yet or the cached files do not load (the caller then builds it in torch)."""
-    from .encoder import ImageEncoder
-
     key = source_key(ckpt)
     if key is None:
         return None

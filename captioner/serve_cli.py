@@ -33,5 +33,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import launch
 
     launch(checkpoint_path(args.checkpoint), host=args.host, port=args.port, share=args.share,
-           device=args.device, engine=args.engine, examples_dir=args.examples, concurrency=args.concurrency, max_queue=args.max_queue)
+           device=args.device, engine=args.engine, examples_dir=args.examples, concurrency=args.concurrency,
+           max_queue=args.max_queue)
     return 0

@@ -396,7 +396,8 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
                            best_epoch=run["best_epoch"], bad_epochs=run["bad_epochs"])
             if with_training_state:
                 # rng: rank 0's (what a single process resumes); rng_ranks: each rank's own dropout stream
-                payload.update(optimizer_state=optimizer.state_dict(), rng=rngs[0], rng_ranks=rngs, batch=stats.batches,
+                payload.update(optimizer_state=optimizer.state_dict(), rng=rngs[0], rng_ranks=rngs,
+                               batch=stats.batches,
                                epoch_done=epoch_done + (stats.batches - resumed_batches) * cfg.batch_size * world,
                                epoch_loss_sum=stats.loss_sum, epoch_tokens=stats.tokens,
                                epoch_grad_norm_sum=stats.grad_norm_sum, epoch_reward_sum=stats.reward_sum,

@@ -5,10 +5,10 @@
 #      what the CNN sees (--copy-nouns 5 --concepts) and learns a person detector beside the caption
 #      (--person-gate), teacher forcing on coco2017 train + the Flickr8k train photos (encoded once into the
 #      feature cache); model selection by greedy val BLEU-4 (best.pt);
-#   2. scripts/ship_default.py: decoding settings chosen on val (search) and on everyday (--person-prob and
-#      --require-prob; everyday is only captioned and scored there, never trained on: no `--data` below names
-#      it), scored once on the held-out test split, written into $OUT/default.pt (copy it to
-#      assets/default.pt to ship it).
+#   2. scripts/ship_default.py: decoding settings chosen on val (search) and on the development photos from
+#      outside COCO (--person-prob and --require-prob; ship_default.py only captions and scores them), scored
+#      once on the held-out test split, written into $OUT/default.pt (copy it to assets/default.pt to ship it).
+# Training reads coco2017 train and Flickr8k train only (DATA_FLAGS); the development photos are never trained on.
 set -euo pipefail
 DATA="${DATA:-../shared/data}"
 D="$DATA/coco2017"
@@ -20,11 +20,11 @@ DATA_FLAGS=(--data "$D/annotations/captions_train.json" --images "$D/images"
 # the shipped run, which was started for 20 epochs and stopped after 11: the schedule does not depend on the
 # epoch count, so its first 10 are this recipe's, and epochs 8-11 did not beat 7). Drawing the photos
 # that show a person as half of the examples (--person-share 0.5) was tried and dropped: with the person
-# detector it was not needed, and it cost val BLEU-4 0.016 and 1 everyday subject.
+# detector it was not needed, and it cost val BLEU-4 0.016 and 1 development-set subject.
 captioner train "${DATA_FLAGS[@]}" --backbone efficientnet_lite2 --hidden-dim 512 --embed-dim 256 --dropout 0.5 \
   --copy-nouns 5 --concepts --person-gate --batch-size 64 --epochs 10 --patience 0 --out "$OUT/xent"
 # No self-critical stage: from the --person-share 0.5 variant of this model, 8 epochs of SCST (reward CIDEr-D + 1.0 x grounding credit - 0.5 x
 # repetitions; `--init "$OUT/xent/last.pt" --objective cider --lr 5e-5 --scheduler none --scst-grounding 1.0
 # --scst-repetition 0.5`) raised val BLEU-4 by 0.02 at the same CIDEr-D but named the subject of 19 of the 30
-# everyday photos instead of 23, with more objects hallucinated; a grounding weight of 3.0 was worse on both.
+# development photos instead of 23, with more objects hallucinated; a grounding weight of 3.0 was worse on both.
 python "$(dirname "$0")/ship_default.py" "$OUT/xent/best.pt" --data-dir "$D" --out "$OUT/default.pt"
