@@ -35,7 +35,6 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
@@ -44,9 +43,10 @@ from tqdm.auto import tqdm
 
 from .config import DecodeConfig
 from .decoding import Hypothesis
+from .distributed import Shard, sum_over_ranks  # noqa: F401 - Shard re-exported: batch's API
 from .errors import CaptionerError, ConfigError
 from .stopping import stop_requests
-from .inference import Captioner, resolve_device
+from .inference import Captioner
 from .listing import MEDIA_EXTENSIONS, check_inputs, iter_inputs  # noqa: F401 - re-exported: batch's API
 from .media import WorkerLoader, load_media_tensor, stack_or_list
 from .results import (_LOCKED_FDS, Done, OutputFile, ResultWriter, check_output, existing_parts,  # noqa: F401
@@ -147,12 +147,6 @@ def batch_rows(batch: LoadedBatch, hyps: list[list[Hypothesis]], vocab, model: s
 # ----------------------------------------------------------------------------------------------- the run
 
 @dataclass
-class Shard:
-    rank: int = 0
-    world: int = 1
-
-
-@dataclass
 class Summary:
     out: str
     ok: int = 0
@@ -224,7 +218,9 @@ def run_batch(cap: Captioner, inputs: Sequence[str], out: str, *, model: str, cf
         desc = f"captioning (rank 0 of {shard.world})" if world else "captioning"
         summary.stopped = _caption_all(cap, items, writer, model, cfg, batch_size, workers, todo, summary,
                                        desc if progress and shard.rank == 0 else None, stop_asked, log)
-        counts = _all_reduce(shard, [int(summary.stopped), summary.ok, summary.failed, summary.skipped])
+        # a sum over ranks, and the barrier before rank 0 merges the parts
+        counts = sum_over_ranks([int(summary.stopped), summary.ok, summary.failed, summary.skipped], shard.world,
+                                torch.int64)
         summary.ok, summary.failed, summary.skipped = counts[1:]
         if counts[0]:  # some rank stopped: nothing is merged; the next run resumes from the parts
             summary.stopped = True
@@ -261,49 +257,3 @@ def _caption_all(cap: Captioner, items: Iterable[str], writer: ResultWriter, mod
     if stopped:
         log(f"{stopped}: stopped after the batch in hand; everything captioned so far is in {writer.path}")
     return bool(stopped)
-
-
-# ----------------------------------------------------------------------------------------------- torchrun
-
-def shard_device(name: str = "auto") -> torch.device:
-    """Under torchrun, a bare "cuda" (or auto on a GPU machine) means this rank's local GPU."""
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # More ranks than GPUs on a node share them: decoding keeps a GPU far from busy.
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    return device
-
-
-def init_distributed(device: torch.device) -> Shard:
-    """Join torchrun's process group when WORLD_SIZE > 1: gloo on CPU; on CUDA nccl for GPU tensors and
-    gloo for the CPU ones (the only collective here is the final count, a CPU tensor). The timeout is long
-    because a resumed rank with little left waits at the end for one with much left."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Shard()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(days=7))
-    return Shard(dist.get_rank(), dist.get_world_size())
-
-
-def close_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _all_reduce(shard: Shard, values: list[int]) -> list[int]:
-    """Sum over ranks; also the barrier before rank 0 merges the parts."""
-    if shard.world <= 1:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.int64)
-    dist.all_reduce(t)
-    return t.tolist()

@@ -41,16 +41,19 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_batch(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .batch import (check_inputs, check_output, close_distributed, init_distributed, model_id, run_batch,
-                        shard_device)
+    from datetime import timedelta
+
+    from . import distributed
+    from .batch import check_inputs, check_output, model_id, run_batch
     from .cli_common import checkpoint_path, decode_overrides
     from .inference import Captioner
 
     check_output(args.out)  # before any work: a bad --out or input fails in a second, not after loading
     check_inputs(args.inputs)
     checkpoint = checkpoint_path(args.checkpoint)
-    device = shard_device(args.device)
-    shard = init_distributed(device)
+    device = distributed.rank_device(args.device)
+    # a long timeout: a resumed rank with little left waits at the end for one with much left
+    shard = distributed.join(device, timeout=timedelta(days=7))
     try:
         cap = Captioner.load(checkpoint, device=str(device), engine=args.engine)
         cfg = replace(cap.decode_config, **decode_overrides(args))
@@ -60,7 +63,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, workers=args.workers, retry_failed=args.retry_failed,
                             shard=shard, progress=not args.quiet, log=log)
     finally:
-        close_distributed()
+        distributed.leave()
     if shard.rank == 0:
         print(summary.line(), flush=True)
     return 130 if summary.stopped else 0

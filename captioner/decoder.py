@@ -34,10 +34,17 @@ State = dict[str, torch.Tensor]
 
 
 class DecoderOutput(NamedTuple):
-    logits: torch.Tensor  # (B,T,V); for copy models the mixture's log-probabilities (already normalised)
+    # (B,T,V); for copy models the mixture's log-probabilities (already normalised). Packed, (N,V): the
+    # logits of the N non-PAD targets only, when the caller gave targets and no per-step output is needed
+    # (`targets` is then (N,) too). caption_loss takes either layout.
+    logits: torch.Tensor
     alphas: torch.Tensor | None  # (B,T,P) attention weights per step, None without attention
-    targets: torch.Tensor | None = None  # (B,T) the targets the loss must use, when the model adjusted them
+    targets: torch.Tensor | None = None  # (B,T) or packed (N,): the targets the loss must use, when given
     person_logit: torch.Tensor | None = None  # (B,) the person detector's logit (cfg.person_gate), else None
+
+    @property
+    def packed(self) -> bool:
+        return self.logits.dim() == 2
 
 
 class SoftAttention(nn.Module):
@@ -185,7 +192,7 @@ class CaptionDecoder(nn.Module):
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, sampling_prob: float = 0.0,
                 targets: torch.Tensor | None = None, hide_prob: float = 0.0) -> DecoderOutput:
         """Teacher forcing: tokens (B,T) are the inputs (BOS w1 ... w_{T-1}); returns logits (B,T,V) for the
-        next word at each step. With `sampling_prob` > 0 (scheduled sampling, Bengio et al. 2015) each input
+        next word at each step (packed (N,V), see DecoderOutput, when `targets` are given to the fast path). With `sampling_prob` > 0 (scheduled sampling, Bengio et al. 2015) each input
         after the first is, with that probability, replaced by the model's own greedy prediction.
         Copy models take the `targets` (B,T): copy-only words that are not candidates become UNK (returned as
         .targets), and with `hide_prob` a candidate's generation path is closed (copying.CopyHead.hide_mask)."""
@@ -203,10 +210,9 @@ class CaptionDecoder(nn.Module):
             out, _ = self.rnn(inputs, self._rnn_hidden(state))  # (B,T,H)
             if targets is not None and self.copy is None:
                 # With the targets known, the output layer (the largest matmul) runs on real words only, not
-                # on PAD: logits (1,N,V) for the N non-PAD targets, returned with those targets (1,N).
+                # on PAD: packed logits (N,V) for the N non-PAD targets, returned with those targets (N,).
                 real = targets != Vocabulary.pad_id  # (B,T)
-                return DecoderOutput(self._logits(out[real]).unsqueeze(0), None, targets[real].unsqueeze(0),
-                                     state.get("person_logit"))
+                return DecoderOutput(self._logits(out[real]), None, targets[real], state.get("person_logit"))
             return DecoderOutput(self._output(out, x, state, hide), None, targets, state.get("person_logit"))
         logits, alphas = [], []
         prev = tokens[:, 0]

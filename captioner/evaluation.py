@@ -41,14 +41,9 @@ def generate(captioner: Captioner, data: CaptionSet, cfg: DecodeConfig, batch_si
     paths = [it.image for it in data.items]
     feats = encode_images(captioner.model, paths, captioner.device, batch_size, cache_dir=cache_dir,
                           progress=progress)  # (N,P,E)
-    out: list[str] = []
     with tqdm(total=len(paths), desc=f"captioning ({cfg.method})", unit="img", disable=not progress,
               leave=False) as bar:
-        for s in range(0, len(paths), batch_size):
-            hyps = captioner.decode_features(feats[s: s + batch_size], cfg)
-            out.extend(captioner.vocab.decode(h[0].tokens) for h in hyps)
-            bar.update(len(hyps))
-    return out
+        return captioner.best_captions(feats, cfg, batch_size, bar.update)
 
 
 def evaluate(captioner: Captioner, data: CaptionSet, cfg: DecodeConfig, *, split: str | None = None,

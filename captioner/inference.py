@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -168,6 +168,18 @@ class Captioner:
         """What the decoder reads, (B,P,E) or (B,F,E) (from the encoder or the feature cache) -> hypotheses per
         item, best first: the decoding half of the one path every surface takes."""
         return decode(self.model.decoder, feats.to(self.device).float(), self.vocab, cfg or self.decode_config)
+
+    def best_captions(self, feats: torch.Tensor, cfg: DecodeConfig | None = None, batch_size: int = 64,
+                      bar: Callable[[int], Any] | None = None) -> list[str]:
+        """The best caption text of each row of feats (N,P,E), decoded in batches (evaluation, training's
+        validation); `bar(n)` is told each batch's size."""
+        out: list[str] = []
+        for s in range(0, len(feats), batch_size):
+            hyps = self.decode_features(feats[s: s + batch_size], cfg)
+            out.extend(self.vocab.decode(h[0].tokens) for h in hyps)
+            if bar is not None:
+                bar(len(hyps))
+        return out
 
     @torch.no_grad()
     def caption_and_see(self, media, cfg: DecodeConfig | None = None

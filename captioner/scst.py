@@ -32,6 +32,7 @@ from .config import DecodeConfig, TrainConfig
 from .decoding import REQUIRE_PROB, decode
 from .grounding import repeated_content_words
 from .metrics import CiderD
+from .sampler import epoch_loader
 from .steps import EpochStats, optimisation_step
 from .vocab import Vocabulary, tokenize
 
@@ -126,3 +127,36 @@ def scst_epoch(model: torch.nn.Module, decoder, feats: torch.Tensor, scorer: Cid
             break
     bar.close()
     return stats
+
+
+class SelfCritical:
+    """SCST over the training images (each sampled scst_samples times per visit), drawn by their weight; needs
+    the images' cached features feats (N_img,P,E)."""
+
+    def __init__(self, decoder, vocab: Vocabulary, items: list, feats: torch.Tensor, image_weights: torch.Tensor,
+                 cfg: TrainConfig):
+        self.decoder, self.vocab, self.feats, self.weights, self.cfg = decoder, vocab, feats, image_weights, cfg
+        self.scorer = training_scorer([it.captions for it in items])
+
+    def loader(self, epoch: int, done: int, rank: int, world: int, device: torch.device) -> DataLoader:
+        return epoch_loader(range(len(self.feats)), len(self.feats), self.weights, batch_size=self.cfg.batch_size,
+                            seed=self.cfg.seed, epoch=epoch, done=done, rank=rank, world=world, device=device,
+                            num_workers=0)
+
+    def run_epoch(self, model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                  device: torch.device, stats: EpochStats, epoch: int, **options) -> EpochStats:
+        return scst_epoch(model, self.decoder, self.feats, self.scorer, self.vocab, loader, optimizer, device,
+                          self.cfg, stats, **options)
+
+    def record(self, total: EpochStats) -> dict[str, float]:
+        # the policy-gradient loss is not a cross-entropy: it gets its own name; train_cider is the mean
+        # CIDEr-D of the sampled captions
+        return {"policy_loss": round(total.loss, 4), "train_cider": round(total.reward, 4)}
+
+    def unvalidated_score(self, total: EpochStats) -> list[float]:
+        """Model selection without val data: the highest CIDEr-D of the samples."""
+        return [total.reward, 0.0]
+
+    def plateau_value(self, record: dict, total: EpochStats) -> float:
+        """A plateau scheduler follows what SCST maximises (it trades cross-entropy for CIDEr-D)."""
+        return -record.get("CIDEr-D", total.reward)

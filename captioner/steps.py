@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import distributed
+
 
 @dataclass
 class EpochStats:
@@ -28,6 +30,14 @@ class EpochStats:
     @property
     def reward(self) -> float:
         return self.reward_sum / max(self.samples, 1)
+
+    def summed(self, world: int) -> "EpochStats":
+        """The epoch's statistics over all ranks (the grad norm: their mean)."""
+        if world == 1:
+            return self
+        loss, tokens, norms, reward, samples = distributed.sum_over_ranks(
+            [self.loss_sum, float(self.tokens), self.grad_norm_sum, self.reward_sum, float(self.samples)], world)
+        return EpochStats(loss, int(tokens), self.batches, norms / world, reward, int(samples), self.stopped)
 
     def add(self, loss: torch.Tensor, tokens: int, grad_norm: float) -> None:
         self.loss_sum += loss.item() * tokens

@@ -6,35 +6,18 @@ import os
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import ModelConfig, TrainConfig
 from .datasets import CaptionSet, read_and_report
 from .errors import ConfigError
 from .features import default_cache_dir
-from .inference import resolve_device
 from .model import build_model
 from .nouns import NounSpace, load_table
 from .training import fit
 from .vocab import Vocabulary
-
-
-def _init_distributed(device_name: str) -> tuple[int, torch.device | None]:
-    """Under torchrun (WORLD_SIZE > 1): join the process group -> (rank, device). On CUDA the group has NCCL
-    for CUDA tensors and gloo for CPU ones: the stop check and the epoch statistics are small CPU tensors,
-    which NCCL alone cannot all-reduce (the first batch failed on GPUs)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, None
-    use_cuda = torch.cuda.is_available() and device_name != "cpu"
-    if not dist.is_initialized():
-        dist.init_process_group("cuda:nccl,cpu:gloo" if use_cuda else "gloo")
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return dist.get_rank(), torch.device("cuda", local)
-    return dist.get_rank(), torch.device("cpu")
 
 
 SOURCE_FLAGS = ("images", "format", "split", "data_weight")
@@ -109,16 +92,16 @@ def describe(model, vocab: Vocabulary, device: torch.device) -> str:
 
 
 def cmd_train(args: argparse.Namespace, model_overrides: dict[str, Any], train_overrides: dict[str, Any]) -> int:
-    rank, dist_device = _init_distributed(args.device)
+    device = distributed.rank_device(args.device)
+    shard = distributed.join(device)
     try:
-        return _train(args, model_overrides, train_overrides, rank, dist_device)
+        return _train(args, model_overrides, train_overrides, shard.rank, device)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.leave()
 
 
 def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_overrides: dict[str, Any],
-           rank: int, dist_device: torch.device | None) -> int:
+           rank: int, device: torch.device) -> int:
     log = tqdm.write if rank == 0 else (lambda msg: None)
     resume = init = None
     if args.resume and args.init:
@@ -147,7 +130,6 @@ def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_over
     else:
         log("warning: no --val-data: no validation BLEU; best.pt will be the lowest-training-loss epoch")
 
-    device = dist_device or resolve_device(args.device)
     if resume is not None:
         model, vocab = model_from_checkpoint(resume, args.resume)
         tcfg = TrainConfig.from_dict({**resume["train_config"], **train_overrides})

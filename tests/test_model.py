@@ -73,7 +73,7 @@ def test_loss_over_real_words_only_equals_the_masked_loss(rnn):
     grads = [p.grad.clone() for p in dec.parameters()]
     dec.zero_grad()
     out = dec(feats, tokens, targets=targets)
-    assert out.logits.shape == (1, int((targets != 0).sum()), V)
+    assert out.packed and out.logits.shape == (int((targets != 0).sum()), V)
     real = caption_loss(out.logits, out.targets)
     real.backward()
     assert torch.allclose(full, real, atol=1e-6)
