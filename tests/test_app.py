@@ -3,6 +3,7 @@
 No mocked model: the app serves the session's tiny trained checkpoint (and a tiny attention model made here).
 """
 import argparse
+import shutil
 import dataclasses
 import os
 import socket
@@ -276,11 +277,19 @@ def test_model_info_panel(server):
     assert "`captions_train.json`, coco format, 2,266 images" in text and "val.BLEU-4 0.1234" in text
 
 
-def test_build_app_with_and_without_examples(server, tmp_path):
+def test_build_app_with_and_without_examples(server, image, tmp_path):
+    import gradio as gr
+
+    def example_sets(app) -> list[int]:  # samples per clickable example set in the page
+        return [len(b.samples) for b in app.blocks.values() if isinstance(b, gr.Dataset)]
+
     cap = Captioner.load(server["checkpoint"], device="cpu")
-    build_app(cap, str(tmp_path / "missing"))
+    assert example_sets(build_app(cap, str(tmp_path / "missing"))) == []
     (tmp_path / "notes.txt").write_text("not an example")
-    build_app(cap, str(tmp_path))  # a folder without images: no examples, no error
+    assert example_sets(build_app(cap, str(tmp_path))) == []  # a folder without images: no examples, no error
+    shutil.copy(image, tmp_path / "photo.jpg")
+    (tmp_path / ".hidden.jpg").write_bytes(b"")
+    assert example_sets(build_app(cap, str(tmp_path))) == [1]  # the photo; not the text file or the hidden one
 
 
 def test_serve_flags():

@@ -83,11 +83,24 @@ def test_require_object_needs_a_copy_model_and_forces_the_word():
     model, vocab = copy_model()
     feats = torch.randn(2, 1, 1280).relu()
     state = model.decoder.init_state(feats)
-    forced = decode(model.decoder, feats, vocab, DecodeConfig(method="greedy", require_object=True, max_len=12))
+    # the threshold just under the least sure top candidate: every image has a noun the caption must name;
+    # and an untrained model made to generate "on on" and end there (EOS likely once min_len words are
+    # said; the gate set to generate), so its free captions name no candidate and must be decoded again
+    prob = float(state["cand_logp"][:, 0].min().exp()) * 0.999
+    with torch.no_grad():
+        model.decoder.fc.bias[vocab.eos_id] += 12.0
+        model.decoder.fc.bias[vocab.stoi["on"]] += 10.0
+        model.decoder.copy.gate.bias += 6.0
+    free = decode(model.decoder, feats, vocab, DecodeConfig(method="greedy", min_len=2, max_len=12))
+    cfg = DecodeConfig(method="greedy", require_object=True, require_prob=prob, min_len=2, max_len=12)
+    forced = decode(model.decoder, feats, vocab, cfg)
     for b, hyps in enumerate(forced):
-        confident = [int(i) for i, lp in zip(state["cand_ids"][b], state["cand_logp"][b]) if lp >= math.log(0.5)]
-        if confident and hyps[0].finished:
-            assert set(hyps[0].tokens) & set(confident)
+        confident = [int(i) for i, lp in zip(state["cand_ids"][b], state["cand_logp"][b]) if lp >= math.log(prob)]
+        assert confident and hyps[0].finished
+        assert set(hyps[0].tokens) & set(confident), vocab.decode(hyps[0].tokens)
+    assert [vocab.decode(f[0].tokens) for f in free] == ["on on", "on on"]
+    assert [vocab.decode(h[0].tokens) for h in forced] == ["a " + vocab.itos[int(state["cand_ids"][b, 0])]
+                                                          for b in range(2)]
     plain = build_model(ModelConfig(embed_dim=16, hidden_dim=32), len(vocab)).eval()
     with pytest.raises(ConfigError, match="needs a copy model"):
         decode(plain.decoder, feats, vocab, DecodeConfig(require_object=True))

@@ -454,8 +454,11 @@ def test_all_images_missing_raises(tmp_path):
     assert msg.endswith(f"{tmp_path / '000000125870.jpg'})")
 
 
-def test_dataset_error_is_a_value_error():
-    assert issubclass(DatasetError, ValueError)
+def test_a_caller_catching_value_error_catches_dataset_errors(tmp_path):
+    bad = tmp_path / "captions.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="captions.json"):  # DatasetError is a ValueError, for library callers
+        read_captions(str(bad))
 
 
 # --- CaptionPairs + collate_pairs -------------------------------------------------------------------------

@@ -136,8 +136,11 @@ def test_pixel_limit_is_the_module_constant(monkeypatch):
     assert load_image(JPG).size == (640, 422)
 
 
-def test_media_error_is_a_value_error():
-    assert issubclass(MediaError, ValueError)
+def test_a_caller_catching_value_error_catches_media_errors(tmp_path):
+    bad = tmp_path / "photo.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(ValueError, match="photo.jpg"):  # MediaError is a ValueError, for library callers
+        load_image(str(bad))
 
 
 # --- build_transform --------------------------------------------------------------------------------------
