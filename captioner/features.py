@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .atomic import save_tensors
 from .media import WorkerLoader, build_transform, load_media_tensor, media_to, stack_or_list
-from .model import CaptionModel
+from .model import CaptionModel, encoder_precision
 
 CACHE_VERSION = 2  # 2: large JPEGs decoded at reduced scale (media.load_image)
 
@@ -33,13 +33,15 @@ def default_cache_dir() -> str:
     return os.path.join(base, "captioner", "features")
 
 
-def cache_key(model: CaptionModel) -> str:
+def cache_key(model: CaptionModel, device: torch.device | None = None) -> str:
     """Names how features are made. The weights are fingerprinted by value, not just by their source: a
     random-init, fine-tuned or file-loaded encoder must never share a cache folder with another."""
     desc = {"backbone": model.cfg.backbone, "weights": model.encoder.weights_source,
             "fingerprint": model.encoder.fingerprint(),
             "transform": model.transform_spec, "pooled": model.encoder.pool, "version": CACHE_VERSION,
             "frames": model.cfg.num_frames, "per_frame": model.cfg.is_video}
+    if device is not None and device.type == "cuda":
+        desc["precision"] = "fp16 autocast"  # model.encoder_precision: CUDA features are not the CPU's
     return hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,7 +75,7 @@ def encode_images(model: CaptionModel, paths: Sequence[str], device: torch.devic
                   num_workers: int = 0, cache_dir: str | None = None, progress: bool = True,
                   should_stop: Callable[[], bool] = lambda: False) -> torch.Tensor:
     """Features of every image, in order: (N,P,E) fp16 on the CPU. Reads/writes the cache if `cache_dir`."""
-    folder = os.path.join(cache_dir, cache_key(model)) if cache_dir else None
+    folder = os.path.join(cache_dir, cache_key(model, device)) if cache_dir else None
     feats: list[torch.Tensor | None] = [None] * len(paths)
     todo = list(range(len(paths)))
     if folder:
@@ -96,7 +98,8 @@ def encode_images(model: CaptionModel, paths: Sequence[str], device: torch.devic
                               generator=torch.Generator())  # keeps the global RNG (training's) untouched
         bar = tqdm(total=len(todo), desc="encoding images", unit="img", disable=not progress, leave=False)
         for media, local in loader:
-            out = model.encode(media_to(media, device)).to("cpu", torch.float16)  # (b,P,E) or (b,F,E)
+            with encoder_precision(device):  # on CUDA the features every surface captions from
+                out = model.encode(media_to(media, device)).to("cpu", torch.float16)  # (b,P,E) or (b,F,E)
             for j, f in zip(local.tolist(), out):
                 i = todo[j]
                 feats[i] = f.clone()

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
@@ -25,7 +24,7 @@ from .engine import deferred_encoder, remember_source, resolve_engine, use_engin
 from .errors import CaptionerError, ConfigError, MediaError
 from .media import (VIDEO_EXTENSIONS, Clip, build_transform, clip_tensor, is_video, load_media_tensor, media_to,
                     stack_or_list)
-from .model import CaptionModel
+from .model import CaptionModel, encoder_precision
 from .nouns import Candidate, default_nouns
 from .segments import Segment, caption_segments
 from .vocab import Vocabulary
@@ -186,9 +185,7 @@ class Captioner:
                         ) -> tuple[list[list[Hypothesis]], list[list[Candidate]]]:
         """The one path from preprocessed inputs to captions (every surface ends here): hypotheses per input,
         and what the CNN sees in it (nouns.py). fp16 autocast for the encoder on CUDA."""
-        amp = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda"
-               else contextlib.nullcontext())
-        with amp:
+        with encoder_precision(self.device):
             feats, class_probs = self.model.encode_and_classify(media_to(media, self.device))  # (B,P,E), (B,C)
         hyps = self.decode_features(feats, cfg)
         seen = default_nouns().candidates(class_probs.float()) if class_probs is not None else [[] for _ in hyps]

@@ -9,6 +9,7 @@ repeated F times), an image model given a video reads the average of its frames'
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -75,6 +76,15 @@ class CaptionModel(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder.frozen):
                 inputs = self.encode(inputs)  # (B,P,E)
         return self.decoder(inputs.float(), tokens, sampling_prob, targets, hide_prob)
+
+
+def encoder_precision(device: torch.device):
+    """The one precision policy for running the encoder outside training's own forward (captioning, the feature
+    cache, evaluation, video segments): fp16 autocast on CUDA (tensor cores; the decoder and the features it
+    reads stay fp32), full precision elsewhere. -> a context manager."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, encoder_weights: str | None = None, *,

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .config import DecodeConfig
 from .errors import ConfigError
 from .media import iter_frames_at, uniform_times, video_info
+from .model import encoder_precision
 
 SHOT_FPS = 2.0  # frames per second sampled to find shot changes
 # Cosine distance between consecutive frames' (mean-pooled EfficientNet-Lite0) features that counts as a cut.
@@ -90,7 +91,9 @@ def _sampled_features(model, path: str, times: list[float], transform: Callable,
     bar = tqdm(total=len(times), desc="video frames", unit="frame", disable=not progress, leave=False)
     k = 0
     for frames in _frame_batches(path, times, transform, batch):
-        for f in model.frame_features(frames.to(device)):  # (N,P,E) -> each (P,E)
+        with encoder_precision(device):
+            feats = model.frame_features(frames.to(device)).float()  # (N,P,E)
+        for f in feats:  # each (P,E)
             yield times[k], f
             k += 1
         bar.update(len(frames))

@@ -167,6 +167,8 @@ def test_feature_cache_is_reused_and_keyed_by_how_features_are_made(tmp_path):
     other_transform = build_model(ModelConfig(), 10)
     other_transform.encoder.transform = {**other_transform.encoder.transform, "size": 192}
     assert cache_key(other_transform) != cache_key(model)
+    # CUDA encodes under fp16 autocast (model.encoder_precision, as every CUDA surface captions): its own folder
+    assert cache_key(model, torch.device("cuda")) != cache_key(model, torch.device("cpu")) == cache_key(model)
     fresh = encode_images(model, paths, torch.device("cpu"), cache_dir=None, progress=False)
     assert torch.allclose(fresh.float(), first.float())
 
