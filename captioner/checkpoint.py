@@ -27,7 +27,7 @@ from .config import ModelConfig
 from .encoder import ImageEncoder
 from .errors import CheckpointError
 from .model import CaptionModel, build_model
-from .nouns import load_table
+from .nouns import NounSpace, load_table
 from .vocab import Vocabulary
 
 FORMAT = "captioner-checkpoint"
@@ -120,6 +120,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str = "checkpoint", encode
     """Rebuild the model from the config inside `ckpt` and load its weights. `encoder`: an encoder made
     already (engine.py's deferred one), used as it is; only the decoder is then built and loaded."""
     vocab = Vocabulary.from_dict(ckpt["vocab"])
+    if ckpt.get("copy_table") and not vocab.nouns:  # saved before vocabularies listed their nouns
+        vocab = Vocabulary(vocab.itos, vocab.generated, NounSpace(ckpt["copy_table"]).words)
     try:
         cfg = ModelConfig.from_dict(ckpt["model_config"])
     except ValueError as exc:

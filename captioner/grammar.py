@@ -2,12 +2,13 @@
 
 A decoder that copies a noun it never generated from training captions (copying.py) cannot have learned its
 article or plural: it writes "a umbrella" or "two dog". Captions are fixed word by word: "a"/"an" before a
-word takes the form inflect gives for it ("an umbrella", "a university", "an hour"), and a singular noun from
-the CNN's noun table right after a number word becomes plural ("two dogs", "three mice").
+word takes the form inflect gives for it ("an umbrella", "a university", "an hour"), and a singular noun of the
+model's noun table right after a number word becomes plural ("two dogs", "three mice").
 """
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Container
 
 NUMBER_WORDS = {"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "several", "many",
                 "multiple", "numerous", "few"}
@@ -40,24 +41,18 @@ def _article(word: str) -> str:
     return _engine().a(word).split(" ", 1)[0]
 
 
-@lru_cache(maxsize=None)
-def _table_nouns() -> frozenset[str]:
-    from .nouns import default_nouns
-
-    return frozenset(default_nouns().words)
-
-
 def plural(noun: str) -> str:
     return _engine().plural_noun(noun) or noun
 
 
-def agree(words: list[str]) -> list[str]:
-    """Fix "a"/"an" before every word, and pluralize a table noun right after a number word."""
+def agree(words: list[str], nouns: Container[str] = frozenset()) -> list[str]:
+    """Fix "a"/"an" before every word, and pluralize one of `nouns` (a copy model's, which it cannot have
+    learned the plural of) right after a number word."""
     out = list(words)
     for i in range(len(out) - 1):
         nxt = out[i + 1]
         if out[i] in ("a", "an") and nxt[:1].isalpha():
             out[i] = _article(nxt)
-        elif out[i] in NUMBER_WORDS and nxt in _table_nouns():
+        elif out[i] in NUMBER_WORDS and nxt in nouns:
             out[i + 1] = plural(nxt)
     return out

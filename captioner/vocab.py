@@ -38,9 +38,10 @@ def _tokenizer():
 
 class Vocabulary:
     """Word <-> id map with PAD=0, BOS=1, EOS=2, UNK=3. The first `generated` words are the ones a decoder
-    generates; words after them (a copy model's nouns, see copying.py) can only be copied."""
+    generates; words after them (a copy model's nouns, see copying.py) can only be copied. `nouns`: the words
+    a copy model may copy (its noun table's), which decoding puts in the plural after a number word."""
 
-    def __init__(self, words: Sequence[str], generated: int | None = None):
+    def __init__(self, words: Sequence[str], generated: int | None = None, nouns: Iterable[str] = ()):
         words = list(words)
         if tuple(words[: len(SPECIALS)]) != SPECIALS:
             raise ValueError(f"a vocabulary must start with {SPECIALS}, got {words[:4]}")
@@ -51,11 +52,14 @@ class Vocabulary:
         self.generated = len(words) if generated is None else generated
         if not len(SPECIALS) <= self.generated <= len(words):
             raise ValueError(f"generated must be in {len(SPECIALS)}..{len(words)}, got {generated}")
+        self.nouns = frozenset(nouns)
 
-    def extend(self, words: Iterable[str]) -> "Vocabulary":
-        """This vocabulary plus the given words it lacks, appended as copy-only words."""
-        extra = [w for w in dict.fromkeys(words) if w not in self.stoi]
-        return Vocabulary(self.itos + extra, generated=self.generated)
+    def extend(self, nouns: Iterable[str]) -> "Vocabulary":
+        """This vocabulary plus the given nouns it lacks, appended as copy-only words; all of them become
+        `nouns`."""
+        nouns = list(dict.fromkeys(nouns))
+        extra = [w for w in nouns if w not in self.stoi]
+        return Vocabulary(self.itos + extra, generated=self.generated, nouns=self.nouns | set(nouns))
 
     pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
 
@@ -88,14 +92,17 @@ class Vocabulary:
             if i in (self.pad_id, self.bos_id):
                 continue
             words.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
-        return " ".join(agree(words))
+        return " ".join(agree(words, self.nouns))
 
     def to_dict(self) -> dict:
-        return {"itos": list(self.itos), "generated": self.generated}
+        out = {"itos": list(self.itos), "generated": self.generated}
+        if self.nouns:
+            out["nouns"] = sorted(self.nouns)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "Vocabulary":
         try:
-            return cls(data["itos"], data.get("generated"))
+            return cls(data["itos"], data.get("generated"), data.get("nouns") or ())
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint vocabulary is malformed: {exc}") from None

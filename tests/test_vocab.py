@@ -1,4 +1,7 @@
 """Tokenizer and Vocabulary: offline tokenization, build rules, encode/decode, serialisation."""
+import subprocess
+import sys
+
 import pytest
 
 from captioner.errors import CheckpointError
@@ -155,10 +158,13 @@ def test_extend_appends_copy_only_words():
 
 
 def test_decode_makes_articles_and_plurals_agree():
-    v = Vocabulary([PAD, BOS, EOS, UNK, *"a an umbrella dog two three mouse hour on people".split()])
+    v = Vocabulary([PAD, BOS, EOS, UNK, *"a an umbrella two three hour on people".split()]).extend(["dog", "mouse"])
     ids = lambda text: [v.stoi[w] for w in text.split()]  # noqa: E731
     assert v.decode(ids("a umbrella on two dog")) == "an umbrella on two dogs"
     assert v.decode(ids("an dog a hour three mouse two people")) == "a dog an hour three mice two people"
+    assert Vocabulary.from_dict(v.to_dict()).nouns == {"dog", "mouse"}
+    plain = Vocabulary(v.itos)  # no copied nouns: only the articles are fixed
+    assert plain.decode(ids("a umbrella on two dog")) == "an umbrella on two dog"
 
 
 def test_to_dict_is_a_copy(vocab):
@@ -182,3 +188,13 @@ def test_to_dict_is_a_copy(vocab):
 def test_from_dict_malformed_raises_checkpoint_error(bad):
     with pytest.raises(CheckpointError, match="checkpoint vocabulary is malformed"):
         Vocabulary.from_dict(bad)
+
+
+def test_decoding_text_needs_no_noun_table():
+    """The bottom layer stays the bottom: turning ids into text imports neither the noun table nor a model."""
+    code = ("import sys; from captioner.vocab import Vocabulary; "
+            "v = Vocabulary(['<pad>', '<bos>', '<eos>', '<unk>', 'a', 'owl']).extend(['owl', 'dog']); "
+            "assert v.decode([4, 5]) == 'an owl', v.decode([4, 5]); "
+            "print(sorted(m for m in sys.modules if m.startswith('captioner.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "captioner.nouns" not in out and "captioner.model" not in out, out
