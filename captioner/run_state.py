@@ -24,6 +24,11 @@ from .steps import EpochStats
 from .vocab import Vocabulary
 
 
+# What last.pt holds beyond a captioning checkpoint (save_run with an optimizer); a shipped model drops it.
+TRAINING_STATE = ("optimizer_state", "scheduler_state", "rng", "rng_ranks", "batch", "epoch_done", "epoch_loss_sum",
+                  "epoch_tokens", "epoch_grad_norm_sum", "epoch_reward_sum", "epoch_samples")
+
+
 @dataclass
 class RunState:
     epoch: int = 0  # epochs finished
@@ -114,6 +119,7 @@ def save_run(path: str, model: torch.nn.Module, vocab: Vocabulary, cfg: TrainCon
                        epoch_tokens=s.tokens, epoch_grad_norm_sum=s.grad_norm_sum, epoch_reward_sum=s.reward_sum,
                        epoch_samples=s.samples,
                        scheduler_state=scheduler.state_dict() if scheduler is not None else None)
+    assert optimizer is None or set(TRAINING_STATE) <= set(payload), "TRAINING_STATE lists what is saved"
     save_checkpoint(path, payload)
 
 

@@ -33,14 +33,13 @@ from captioner.errors import CaptionerError
 from captioner.evaluation import evaluate, format_table
 from captioner.grounding import format_grounding
 from captioner.inference import Captioner
+from captioner.run_state import TRAINING_STATE
 
 GRID = [DecodeConfig(method="greedy")] + [DecodeConfig(beam_size=k, length_penalty=lp)
                                            for k in (3, 5) for lp in (0.5, 1.0, 1.5)]
 REQUIRE = (0.3, 0.5, 0.7)
 PERSON_PROBS = (0.5, 0.6, 0.7, 0.8, 0.9)
 PERSON_TARGET = 0.15  # at most this share of person-free photos may be captioned with a person
-TRAINING_STATE = ("optimizer_state", "scheduler_state", "rng", "batch", "epoch_loss_sum", "epoch_tokens",
-                  "epoch_grad_norm_sum", "epoch_reward_sum", "epoch_samples")
 
 
 def label(cfg: DecodeConfig) -> str:
