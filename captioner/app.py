@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from .cli_common import DEFAULT_CONCURRENCY, DEFAULT_EXAMPLES, DEFAULT_MAX_QUEUE
+from .defaults import DEFAULT_CONCURRENCY, DEFAULT_EXAMPLES, DEFAULT_MAX_QUEUE
 from .config import DECODE_METHODS, DecodeConfig
 from .errors import CaptionerError, ConfigError
 from .inference import Captioner

@@ -13,6 +13,11 @@ from .errors import ConfigError
 ENV_VAR = "CAPTIONER_CHECKPOINT"
 CHECKOUT_ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 
+# the web app (`captioner serve`, app.py)
+DEFAULT_EXAMPLES = os.path.join(CHECKOUT_ASSETS, "examples")
+DEFAULT_CONCURRENCY = 2  # captioning requests run at once (more just thrash 2 CPU cores)
+DEFAULT_MAX_QUEUE = 32  # requests waiting; beyond this Gradio tells the user the queue is full
+
 
 def _packaged() -> str | None:
     try:

@@ -24,7 +24,7 @@ from captioner.config import DecodeConfig
 from captioner.errors import CaptionerError, ConfigError
 from captioner.inference import Captioner
 from captioner.media import build_transform
-from captioner.serve_cli import add_serve_parser, cmd_serve
+from captioner.cli.serve import add_parser as add_serve_parser, run as cmd_serve
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402

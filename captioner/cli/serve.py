@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_common import (DEFAULT_CONCURRENCY, DEFAULT_EXAMPLES, DEFAULT_MAX_QUEUE, add_model_flags,
-                         checkpoint_path)
-from .errors import ConfigError, require_extra
+from ..defaults import DEFAULT_CONCURRENCY, DEFAULT_EXAMPLES, DEFAULT_MAX_QUEUE
+from ..errors import ConfigError, require_extra
+from .common import add_model_flags, checkpoint_path
 
 
-
-def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the web app (Gradio) on http://HOST:PORT",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_flags(s)
@@ -25,12 +23,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     return s
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-
+def run(args: argparse.Namespace) -> int:
     require_extra("gradio", "app", "the web app")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
-    from .app import launch
+    from ..app import launch
 
     launch(checkpoint_path(args.checkpoint), host=args.host, port=args.port, share=args.share,
            device=args.device, engine=args.engine, examples_dir=args.examples, concurrency=args.concurrency,

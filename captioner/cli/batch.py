@@ -3,7 +3,7 @@
     captioner batch photos/ more/*.png list.txt --out results.jsonl [--checkpoint CKPT] [decoding flags]
     torchrun --nproc_per_node 4 -m captioner batch photos/ --out results.jsonl
 
-`add_batch_parser` and `cmd_batch` plug into cli.py (user errors print one line `captioner: error: ...` and
+`add_parser` and `run` plug into the CLI (user errors print one line `captioner: error: ...` and
 exit 2; a stop by Ctrl-C or SIGTERM exits 130). Run on its own as `python -m captioner batch ...`.
 """
 from __future__ import annotations
@@ -11,20 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import add_decode_flags, add_model_flags, checkpoint_path, decode_overrides
+
 DESCRIPTION = ("caption every image and video in files, folders (recursive), globs or .txt lists of paths into a "
                ".jsonl or .csv (path, caption, score, n-best, model, error); rerun the same command to resume")
 
 
-def add_batch_parser(sub) -> argparse.ArgumentParser:
-    """Add the `batch` subcommand to cli.py's subparsers."""
-    b = sub.add_parser("batch", help=DESCRIPTION, description=DESCRIPTION)
-    add_batch_arguments(b)
-    return b
-
-
-def add_batch_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli_common import add_decode_flags, add_model_flags
-
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("batch", help=DESCRIPTION, description=DESCRIPTION)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video file, folder (searched recursively), glob (quote it) or .txt file "
                         "listing paths")
@@ -36,17 +30,17 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
                    help="caption again the files whose earlier row is an error (others are always skipped)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_decode_flags(p)
+    return p
 
 
-def cmd_batch(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from datetime import timedelta
 
-    from . import distributed
-    from .batch import check_inputs, check_output, model_id, run_batch
-    from .cli_common import checkpoint_path, decode_overrides
-    from .inference import Captioner
+    from .. import distributed
+    from ..batch import check_inputs, check_output, model_id, run_batch
+    from ..inference import Captioner
 
     check_output(args.out)  # before any work: a bad --out or input fails in a second, not after loading
     check_inputs(args.inputs)

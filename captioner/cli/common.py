@@ -1,19 +1,13 @@
-"""What the command-line surfaces share (cli.py, batch_cli.py, serve_cli.py): flags, their defaults, and how
-they become settings. Imports no surface, so no surface imports another back, and nothing here imports torch.
+"""What the subcommands share: flags, their defaults, and how they become settings. Imports no surface, so no
+surface imports another back, and nothing here imports torch.
 """
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import fields
 from typing import Any
 
-from .config import DECODE_METHODS, DecodeConfig
-
-# `captioner serve`
-DEFAULT_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "examples")
-DEFAULT_CONCURRENCY = 2  # captioning requests run at once (more just thrash 2 CPU cores)
-DEFAULT_MAX_QUEUE = 32  # requests waiting; beyond this Gradio tells the user the queue is full
+from ..config import DECODE_METHODS, DecodeConfig
 
 CHECKPOINT_HELP = "model file (default: the installed default model, or $CAPTIONER_CHECKPOINT)"
 ENGINE_CHOICES = ("auto", "torch", "onnx")  # engine.ENGINES, here without importing torch
@@ -70,7 +64,7 @@ def overrides(cls, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def checkpoint_path(path: str | None) -> str:
-    from .defaults import resolve_checkpoint
+    from ..defaults import resolve_checkpoint
 
     return resolve_checkpoint(path)
 

@@ -1,0 +1,31 @@
+"""`captioner info [CKPT]`: what a checkpoint is (model, data, scores, decoding), as JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from .common import checkpoint_path
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    i = sub.add_parser("info", help="describe a checkpoint: model, data, scores")
+    i.add_argument("checkpoint", nargs="?")
+    return i
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint
+
+    path = checkpoint_path(args.checkpoint)
+    ckpt = load_checkpoint(path)
+    from ..defaults import checkpoint_origin
+
+    info = {"checkpoint": os.path.abspath(path), "found_as": checkpoint_origin(args.checkpoint),
+            "format_version": ckpt["format_version"],
+            "captioner_version": ckpt.get("captioner_version"), "model": ckpt["model_config"],
+            "encoder": ckpt.get("encoder"), "vocab_size": len(ckpt["vocab"]["itos"]), "epoch": ckpt.get("epoch"),
+            "data": ckpt.get("data"), "scores": ckpt.get("scores"), "held_out_scores": ckpt.get("held_out_scores"),
+            "decode": ckpt.get("decode_config")}
+    print(json.dumps(info, indent=2, default=str))
+    return 0
