@@ -212,7 +212,7 @@ class _ImageHandlers:
         for note in notes:
             gr.Warning(note)
         rows = [[i + 1, c, round(r, 3), round(s, 3), "yes" if f else "no (max length)"]
-                for i, (c, r, s, f) in enumerate(zip(result.captions, result.ranking, result.scores,
+                for i, (c, r, s, f) in enumerate(zip(result.captions, result.scores, result.log_probs,
                                                      result.finished))]
         state, words_update, heat = None, gr.Radio(choices=[], value=None, visible=False), None
         att = result.attention[0] if result.attention else None  # (words,P) for the best caption

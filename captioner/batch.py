@@ -43,14 +43,14 @@ from tqdm.auto import tqdm
 
 from .config import DecodeConfig
 from .decoding import Hypothesis
-from .distributed import Shard, sum_over_ranks  # noqa: F401 - Shard re-exported: batch's API
+from .distributed import Shard, any_rank, sum_over_ranks  # noqa: F401 - Shard re-exported: batch's API
 from .errors import CaptionerError, ConfigError
 from .stopping import stop_requests
 from .inference import Captioner
 from .listing import MEDIA_EXTENSIONS, check_inputs, iter_inputs  # noqa: F401 - re-exported: batch's API
 from .media import WorkerLoader, load_media_tensor, stack_or_list
 from .results import (_LOCKED_FDS, Done, OutputFile, ResultWriter, check_output, existing_parts,  # noqa: F401
-                      load_done, merge_outputs, part_path)
+                      load_done, merge_outputs, part_path, upgrade_layout)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -134,12 +134,13 @@ def model_id(checkpoint: str) -> str:
 def batch_rows(batch: LoadedBatch, hyps: list[list[Hypothesis]], vocab, model: str, nbest: bool) -> list[dict]:
     rows, it = [], iter(hyps)
     for path, error in zip(batch.paths, batch.errors):
-        row = {"path": path, "caption": None, "score": None, "model": model, "error": error}
+        row = {"path": path, "caption": None, "log_prob": None, "score": None, "model": model, "error": error}
         if error is None:
             h = next(it)
-            row.update(caption=vocab.decode(h[0].tokens), score=round(h[0].log_prob, 4))
+            row.update(caption=vocab.decode(h[0].tokens), log_prob=round(h[0].log_prob, 4), score=round(h[0].score, 4))
             if nbest:
-                row["captions"] = [{"caption": vocab.decode(x.tokens), "score": round(x.log_prob, 4)} for x in h]
+                row["captions"] = [{"caption": vocab.decode(x.tokens), "log_prob": round(x.log_prob, 4),
+                                    "score": round(x.score, 4)} for x in h]
         rows.append(row)
     return rows
 
@@ -183,6 +184,22 @@ class _ShardItems:
                 self.skipped += 1
 
 
+def _upgrade_outputs(paths: list[str], fmt: str, model: str, shard: Shard, log: Callable[[str], None]) -> None:
+    """Files in the row layout before log_prob are rewritten in today's before anyone reads them: each rank
+    its own part, rank 0 the output and parts left by runs of another world size; then all ranks go on, or
+    all stop if one was refused (another model's rows)."""
+    refused: CaptionerError | None = None
+    try:
+        for path in paths:
+            if upgrade_layout(path, fmt, model):
+                log(f"{path}: rewritten in today's row layout (log_prob = its old score; score, the search's, "
+                    f"unknown)")
+    except CaptionerError as exc:
+        refused = exc
+    if any_rank(refused is not None, shard.world):
+        raise refused or ConfigError("another rank could not use its output file (see its message)")
+
+
 def run_batch(cap: Captioner, inputs: Sequence[str], out: str, *, model: str, cfg: DecodeConfig | None = None,
               batch_size: int = 32, workers: int | None = None, retry_failed: bool = False,
               shard: Shard | None = None, extensions: Sequence[str] = MEDIA_EXTENSIONS, progress: bool = True,
@@ -204,6 +221,8 @@ def run_batch(cap: Captioner, inputs: Sequence[str], out: str, *, model: str, cf
 
     t0 = time.time()
     # Signals are handled until the merge is done too, so a stop never leaves a half-written rewrite behind.
+    mine = [target] + ([*stale] if not world else [out, *stale] if shard.rank == 0 else [])  # target: out or a part
+    _upgrade_outputs(mine, fmt, model, shard, log)
     with stop_requests() as stop_asked, ResultWriter(target, fmt) as writer:
         own = OutputFile(target, fmt)
         done = load_done([OutputFile(p, fmt) for p in [out, *stale] if p != target] + [own], model)

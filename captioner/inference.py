@@ -36,8 +36,10 @@ ImageInput = "str | os.PathLike | Image.Image | Clip"
 class CaptionResult:
     source: str  # file path, or "<image N>" for in-memory images
     captions: list[str] = field(default_factory=list)  # best first
-    scores: list[float] = field(default_factory=list)  # the model's log-probabilities of the captions
-    ranking: list[float] = field(default_factory=list)  # what the search ranked by (length-normalised)
+    # One naming in every output (CLI --json, batch rows, the app, Segment): log_prob is the model's
+    # log-probability of a caption, score what the search ranked it by (length-normalised).
+    log_probs: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
     finished: list[bool] = field(default_factory=list)  # False: cut at max_len before the model ended it
     attention: list[torch.Tensor | None] = field(default_factory=list)  # per caption (words, P), attention models
     # What the CNN sees: ImageNet-derived nouns with probabilities (nouns.py); empty if the encoder has no
@@ -124,8 +126,8 @@ class Captioner:
                 for i, hyps, cands in zip(ok, hyps_list, seen):
                     results[i].candidates = cands
                     results[i].captions = [self.vocab.decode(h.tokens) for h in hyps]
-                    results[i].scores = [h.log_prob for h in hyps]
-                    results[i].ranking = [h.score for h in hyps]
+                    results[i].log_probs = [h.log_prob for h in hyps]
+                    results[i].scores = [h.score for h in hyps]
                     results[i].finished = [h.finished for h in hyps]
                     results[i].attention = [h.attention for h in hyps]
         return results

@@ -21,7 +21,10 @@ except ImportError:  # Windows: no advisory locks; one run per output is then th
     fcntl = None
 
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
-COLUMNS = ("path", "caption", "score", "captions", "model", "error")
+# log_prob: the model's log-probability of the caption; score: what the search ranked it by (length-normalised).
+COLUMNS = ("path", "caption", "log_prob", "score", "captions", "model", "error")
+# Outputs written before rows had log_prob: their `score` was the log-probability (upgrade_layout).
+LEGACY_COLUMNS = ("path", "caption", "score", "captions", "model", "error")
 
 def output_format(out: str) -> str:
     ext = os.path.splitext(out)[1].lower()
@@ -131,13 +134,17 @@ def load_done(files: Sequence[OutputFile], model_id: str) -> Done:
     done = Done()
     for f in files:
         for _, _, row in f.records():
-            if row["model"] != model_id:
-                raise ConfigError(f"{f.path} holds rows from model {row['model']!r}, not {model_id!r}; write to "
-                                  f"another --out (or move the old one away)")
+            _same_model(f.path, row, model_id)
             done.superseded |= row["path"] in done.failed
             done.failed[row["path"]] = bool(row.get("error"))
             done.rows += 1
     return done
+
+
+def _same_model(path: str, row: dict, model_id: str) -> None:
+    if row.get("model") != model_id:
+        raise ConfigError(f"{path} holds rows from model {row.get('model')!r}, not {model_id!r}; write to "
+                          f"another --out (or move the old one away)")
 
 
 # Output files this process holds locked. Forked DataLoader workers inherit the descriptors, and a flock
@@ -215,9 +222,62 @@ def format_rows(rows: Sequence[dict], fmt: str) -> str:
     w = csv.writer(buf, lineterminator="\n")
     for r in rows:
         nbest = json.dumps(r["captions"], ensure_ascii=False) if r.get("captions") else ""
-        w.writerow([r["path"], r["caption"] or "", "" if r["score"] is None else r["score"], nbest, r["model"],
-                    r["error"] or ""])
+        w.writerow([r["path"], r["caption"] or "", _cell(r.get("log_prob")), _cell(r.get("score")), nbest,
+                    r["model"], r["error"] or ""])
     return buf.getvalue()
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
+
+
+def upgrade_layout(path: str, fmt: str, model_id: str) -> bool:
+    """An output written before rows had `log_prob` (its `score` was the log-probability) is rewritten once,
+    atomically and under the output's lock, in today's layout: log_prob = the old score, score unknown (None).
+    Its torn tail, if any, is dropped, as a resumed run would. Rows of another model: refused untouched, as
+    load_done refuses them. -> whether it was upgraded."""
+    if not os.path.exists(path):
+        return False
+    with ResultWriter(path, fmt), open(path, "rb") as f:
+        first = f.readline()
+        try:
+            if fmt == "csv":
+                if first.rstrip(b"\r\n").decode("utf-8", "replace") != ",".join(LEGACY_COLUMNS):
+                    return False
+                rows = [dict(zip(LEGACY_COLUMNS, next(csv.reader(io.StringIO(raw.decode("utf-8", "surrogateescape"))))))
+                        for _, raw in _raw_records(f, fmt)]
+                for r in rows:
+                    r["captions"] = json.loads(r["captions"]) if r["captions"] else None
+                    r["score"] = float(r["score"]) if r["score"] else None
+            else:
+                try:
+                    head = json.loads(first)
+                except ValueError:
+                    return False  # not an older layout; OutputFile says what it is
+                if not isinstance(head, dict) or "log_prob" in head or "score" not in head:
+                    return False
+                f.seek(0)
+                rows = [json.loads(raw) for _, raw in _raw_records(f, fmt)]
+            upgraded = [_upgraded(r) for r in rows]
+        except (ValueError, KeyError, TypeError, csv.Error) as exc:
+            raise ConfigError(f"{path}: not a captioner batch output ({type(exc).__name__}: {exc}); choose "
+                              f"another --out or fix the file") from None
+        for r in rows:
+            _same_model(path, r, model_id)
+        with atomic_write(path, keep_mode=True) as w:
+            if fmt == "csv":
+                w.write((",".join(COLUMNS) + "\n").encode())
+            w.write(format_rows(upgraded, fmt).encode("utf-8", "surrogateescape"))
+    return True
+
+
+def _upgraded(r: dict) -> dict:
+    """A row of the layout before log_prob, in today's."""
+    out = {"path": r["path"], "caption": r.get("caption") or None, "log_prob": r.get("score"), "score": None,
+           "model": r["model"], "error": r.get("error") or None}
+    if r.get("captions"):
+        out["captions"] = [{"caption": c["caption"], "log_prob": c.get("score"), "score": None} for c in r["captions"]]
+    return out
 
 
 def merge_outputs(out: str, sources: Sequence[str], listing: Iterable[str], fmt: str) -> int:

@@ -104,7 +104,7 @@ def test_caption_image_matches_captioner(client, server, image):
     expected = cap.caption_detailed([image], **SETTINGS)[0]
     assert [row[1] for row in table["data"]] == expected.captions
     assert [row[0] for row in table["data"]] == [1, 2, 3]
-    assert [row[2] for row in table["data"]] == [round(s, 3) for s in expected.ranking]
+    assert [row[2] for row in table["data"]] == [round(s, 3) for s in expected.scores]
     assert heatmap is None and word["visible"] is False  # no attention in this model
     assert [c["label"] for c in seen["confidences"]] == [c.word for c in expected.candidates]  # what the CNN sees
     assert "".join(t["token"] for t in marked).strip() == best

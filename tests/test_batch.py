@@ -146,9 +146,10 @@ def test_folder_with_bad_files_rerun_and_retry_failed(photos, ckpt, tmp_path, ca
     for r in rows:
         assert r["model"].startswith("last.pt@") and len(r["model"]) == len("last.pt@") + 8
         if r["path"] in photos["bad"]:
-            assert r["caption"] is None and r["score"] is None and r["path"] in r["error"]
+            assert r["caption"] is None and r["log_prob"] is None and r["score"] is None and r["path"] in r["error"]
         else:
-            assert r["error"] is None and r["caption"] == expected[r["path"]] and r["score"] < 0
+            assert r["error"] is None and r["caption"] == expected[r["path"]] and r["log_prob"] < 0
+            assert r["score"] <= 0  # the search's ranking score: length-normalised, so not the log-prob
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
     assert "empty" in errors["empty.jpg"] and "not a readable image" in errors["text.jpg"]
     assert "truncated" in errors["truncated.jpg"] and "decompression bomb" in errors["bomb.png"]
@@ -189,6 +190,30 @@ def test_csv_output_with_n_best(photos, ckpt, tmp_path):
     assert len(nbest) == 2 and nbest[0]["caption"] == rows[0]["caption"]
     assert nbest[0]["score"] == float(rows[0]["score"]) and nbest[0]["caption"] != nbest[1]["caption"]
     assert rows[1]["caption"] == "" and rows[1]["captions"] == "" and "not a readable image" in rows[1]["error"]
+
+
+def test_an_output_in_the_layout_before_log_prob_is_upgraded_and_resumed(photos, ckpt, tmp_path, capsys):
+    """Rows written when `score` held the log-probability: the rerun rewrites them once (log_prob = the old
+    score, score unknown), skips their paths, and appends today's rows under the same header."""
+    from captioner.batch import model_id
+
+    done, todo = str(photos["root"] / "a1.jpg"), str(photos["root"] / "z9.jpg")
+    model = model_id(ckpt)
+    old_csv = tmp_path / "old.csv"
+    old_csv.write_text("path,caption,score,captions,model,error\n"
+                       f'{done},a photo,-4.5,"[{{""caption"": ""a photo"", ""score"": -4.5}}]",{model},\n')
+    old_jsonl = tmp_path / "old.jsonl"
+    old_jsonl.write_text(json.dumps({"path": done, "caption": "a photo", "score": -4.5, "model": model,
+                                     "error": None}) + "\n")
+    for out in (old_csv, old_jsonl):
+        assert main([done, todo, "--out", str(out), "--checkpoint", ckpt]) == 0
+        assert "rewritten in today's row layout" in capsys.readouterr().err
+        rows = list(csv.DictReader(out.open())) if out.suffix == ".csv" else read_jsonl(out)
+        assert [r["path"] for r in rows] == [done, todo]
+        assert float(rows[0]["log_prob"]) == -4.5 and rows[0]["score"] in (None, "") and rows[0]["caption"] == "a photo"
+        assert float(rows[1]["log_prob"]) < 0 and float(rows[1]["score"]) <= 0
+    assert json.loads(list(csv.DictReader(old_csv.open()))[0]["captions"]) == [
+        {"caption": "a photo", "log_prob": -4.5, "score": None}]
 
 
 def test_output_problems_fail_at_start_with_one_line(photos, tmp_path, capsys):

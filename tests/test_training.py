@@ -38,7 +38,7 @@ def test_checkpoint_round_trip_gives_identical_captions(trained):
     before = Captioner(trained["model"], trained["vocab"], torch.device("cpu")).caption_detailed(paths)
     after = Captioner.load(trained["dir"] / "last.pt").caption_detailed(paths)  # last.pt = the final weights
     assert [r.captions for r in after] == [r.captions for r in before]
-    assert [r.scores[0] for r in after] == pytest.approx([r.scores[0] for r in before], abs=1e-5)
+    assert [r.log_probs[0] for r in after] == pytest.approx([r.log_probs[0] for r in before], abs=1e-5)
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
@@ -50,7 +50,7 @@ def test_batched_captioning_equals_one_at_a_time_on_a_real_model(trained, method
     alone = [cap.caption_detailed([p], batch_size=1, **opts)[0] for p in paths]
     assert [r.captions for r in batched] == [r.captions for r in alone]
     for a, b in zip(batched, alone):
-        assert a.scores == pytest.approx(b.scores, abs=1e-4)
+        assert a.log_probs == pytest.approx(b.log_probs, abs=1e-4)
 
 
 def test_checkpoint_is_self_describing_and_safe_to_load(trained):

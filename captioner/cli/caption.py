@@ -44,14 +44,14 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"file": r.source, "error": r.error}))
         elif args.json:
-            print(json.dumps({"file": r.source, "caption": r.caption, "log_prob": round(r.scores[0], 4),
+            print(json.dumps({"file": r.source, "caption": r.caption, "log_prob": round(r.log_probs[0], 4),
                               "captions": [{"caption": c, "log_prob": round(s, 4), "score": round(k, 4), "finished": f}
-                                           for c, s, k, f in zip(r.captions, r.scores, r.ranking, r.finished)],
+                                           for c, s, k, f in zip(r.captions, r.log_probs, r.scores, r.finished)],
                               "candidates": [{"word": c.word, "prob": c.prob} for c in r.candidates]}))
         elif len(r.captions) == 1:
             print(f"{r.source}\t{r.caption}")
         else:  # n-best: one ranked line per caption
-            for rank, (c, sc) in enumerate(zip(r.captions, r.ranking), 1):
+            for rank, (c, sc) in enumerate(zip(r.captions, r.scores), 1):
                 print(f"{r.source}\t{rank}\t{sc:.3f}\t{c}")
     return 1 if failed else 0
 
