@@ -38,7 +38,14 @@ def rank_device(name: str = "auto") -> torch.device:
     return device
 
 
-def join(device: torch.device, timeout: timedelta | None = None) -> Shard:
+# How long a collective waits for the other ranks. Long on purpose: ranks wait for another's solo work that
+# can take hours (rank 0 filling the feature cache of a large training set; at the end of `captioner batch`, a
+# resumed rank with little left waits for one with much left). A rank that dies is not waited for: torchrun's
+# agent sees the exit and stops the others.
+TIMEOUT = timedelta(days=7)
+
+
+def join(device: torch.device, timeout: timedelta = TIMEOUT) -> Shard:
     """Join torchrun's process group when WORLD_SIZE > 1 (gloo on CPU; NCCL + gloo on CUDA)."""
     if launched_world() <= 1:
         return Shard()
@@ -46,7 +53,7 @@ def join(device: torch.device, timeout: timedelta | None = None) -> Shard:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, **({"timeout": timeout} if timeout else {}))
+        dist.init_process_group(backend, timeout=timeout)
     return Shard(dist.get_rank(), dist.get_world_size())
 
 

@@ -25,8 +25,8 @@ from .vocab import Vocabulary
 
 
 # What last.pt holds beyond a captioning checkpoint (save_run with an optimizer); a shipped model drops it.
-TRAINING_STATE = ("optimizer_state", "scheduler_state", "rng", "rng_ranks", "batch", "epoch_done", "epoch_loss_sum",
-                  "epoch_tokens", "epoch_grad_norm_sum", "epoch_reward_sum", "epoch_samples")
+TRAINING_STATE = ("optimizer_state", "scheduler_state", "rng", "rng_ranks", "batch", "epoch_done", "world_size",
+                  "epoch_loss_sum", "epoch_tokens", "epoch_grad_norm_sum", "epoch_reward_sum", "epoch_samples")
 
 
 @dataclass
@@ -37,12 +37,15 @@ class RunState:
     bad_epochs: int = 0  # epochs since the best one (early stopping)
     history: list[dict] = field(default_factory=list)  # one record per finished epoch
     best_scores: dict[str, float] = field(default_factory=dict)  # the best epoch's record
-    stats: EpochStats = field(default_factory=EpochStats)  # the current epoch's so far
+    stats: EpochStats = field(default_factory=EpochStats)  # the current epoch's so far (stats.batches: its step)
+    world: int = 1  # processes training together (torchrun)
     epoch_done: int = 0  # examples of the current epoch's order (all ranks) covered before this process
     resumed_batches: int = 0  # batches of the current epoch done before this process
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any]) -> "RunState":
+    def from_checkpoint(cls, ckpt: dict[str, Any], world: int) -> "RunState":
+        """Where a saved run stands, to go on with `world` processes (its examples are counted over all ranks,
+        so another world size or batch size continues at the same example; sampler.py)."""
         stats = EpochStats(ckpt.get("epoch_loss_sum", 0.0), ckpt.get("epoch_tokens", 0), ckpt.get("batch", 0),
                            ckpt.get("epoch_grad_norm_sum", 0.0), ckpt.get("epoch_reward_sum", 0.0),
                            ckpt.get("epoch_samples", 0))
@@ -51,11 +54,11 @@ class RunState:
         return cls(epoch=ckpt["epoch"], best_score=list(ckpt["best_score"]), best_epoch=ckpt["best_epoch"],
                    bad_epochs=ckpt["bad_epochs"], history=list(ckpt["history"]),
                    best_scores=dict(ckpt.get("scores") or {}), stats=stats, epoch_done=done,
-                   resumed_batches=stats.batches)
+                   resumed_batches=stats.batches, world=world)
 
-    def examples_done(self, batch_size: int, world: int) -> int:
+    def examples_done(self, batch_size: int) -> int:
         """Examples of the current epoch's order covered so far, over all ranks (what EpochSampler skips)."""
-        return self.epoch_done + (self.stats.batches - self.resumed_batches) * batch_size * world
+        return self.epoch_done + (self.stats.batches - self.resumed_batches) * batch_size * self.world
 
     def finish_epoch(self, record: dict, score: list[float]) -> bool:
         """Record a finished epoch; -> whether it is the best so far (score compared as a list)."""
@@ -115,7 +118,7 @@ def save_run(path: str, model: torch.nn.Module, vocab: Vocabulary, cfg: TrainCon
         s = run.stats
         # rng: rank 0's (what a single process resumes); rng_ranks: each rank's own dropout stream
         payload.update(optimizer_state=optimizer.state_dict(), rng=rngs[0], rng_ranks=rngs, batch=s.batches,
-                       epoch_done=run.examples_done(cfg.batch_size, world), epoch_loss_sum=s.loss_sum,
+                       epoch_done=run.examples_done(cfg.batch_size), world_size=world, epoch_loss_sum=s.loss_sum,
                        epoch_tokens=s.tokens, epoch_grad_norm_sum=s.grad_norm_sum, epoch_reward_sum=s.reward_sum,
                        epoch_samples=s.samples,
                        scheduler_state=scheduler.state_dict() if scheduler is not None else None)

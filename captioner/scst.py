@@ -33,7 +33,7 @@ from .decoding import REQUIRE_PROB, decode
 from .grounding import repeated_content_words
 from .metrics import CiderD
 from .sampler import epoch_loader
-from .steps import EpochStats, optimisation_step
+from .steps import EpochStats, optimisation_step, selection_key
 from .vocab import Vocabulary, tokenize
 
 
@@ -153,9 +153,9 @@ class SelfCritical:
         # CIDEr-D of the sampled captions
         return {"policy_loss": round(total.loss, 4), "train_cider": round(total.reward, 4)}
 
-    def unvalidated_score(self, total: EpochStats) -> list[float]:
-        """Model selection without val data: the highest CIDEr-D of the samples."""
-        return [total.reward, 0.0]
+    def selection_score(self, record: dict, total: EpochStats) -> list[float]:
+        """steps.selection_key; without val data, the highest CIDEr-D of the samples."""
+        return selection_key(record, [total.reward, 0.0])
 
     def plateau_value(self, record: dict, total: EpochStats) -> float:
         """A plateau scheduler follows what SCST maximises (it trades cross-entropy for CIDEr-D)."""

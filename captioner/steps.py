@@ -46,6 +46,14 @@ class EpochStats:
         self.batches += 1
 
 
+def selection_key(record: dict, unvalidated: list[float]) -> list[float]:
+    """Model selection, compared as a list: val BLEU-4 of generated captions, ties broken by val loss; without
+    validation, the objective's own `unvalidated` key."""
+    if "BLEU-4" in record:
+        return [record["BLEU-4"], -record["val_loss"]]
+    return unvalidated
+
+
 def optimisation_step(loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                       grad_clip: float) -> float:
     """Backpropagate `loss`, clip the global gradient norm to `grad_clip` (0 = no clipping), step. Returns the

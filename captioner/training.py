@@ -167,7 +167,7 @@ def _resumed(ckpt: dict, optimizer: torch.optim.Optimizer, scheduler, seed: int)
         scheduler.load_state_dict(ckpt["scheduler_state"])
     rank, world = distributed.shard()
     restore_rng(ckpt, rank, world, seed)
-    return RunState.from_checkpoint(ckpt)
+    return RunState.from_checkpoint(ckpt, world)
 
 
 def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: CaptionSet | None,
@@ -192,7 +192,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
     model.to(device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
-    run = RunState() if resume is None else _resumed(resume, optimizer, scheduler, cfg.seed)
+    run = RunState(world=world) if resume is None else _resumed(resume, optimizer, scheduler, cfg.seed)
     trained = distributed.data_parallel(model, device, world)
     runlog = RunLog(out_dir, rank == 0)
 
@@ -222,9 +222,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
             record = {"epoch": epoch + 1, **objective.record(total), "grad_norm": round(total.grad_norm, 4)}
             if validation is not None:
                 record.update(distributed.from_rank_0(validation() if rank == 0 else None, world))
-            # model selection: val BLEU-4 of generated captions, ties broken by val loss
-            score = ([record["BLEU-4"], -record["val_loss"]] if validation is not None
-                     else objective.unvalidated_score(total))
+            score = objective.selection_score(record, total)
             step_scheduler(scheduler, objective.plateau_value(record, total))
             record.update(lr=optimizer.param_groups[0]["lr"], seconds=round(time.time() - t0, 1))
             improved = run.finish_epoch(record, score)

@@ -17,7 +17,7 @@ from .config import TrainConfig
 from .datasets import CaptionPairs, Item, collate_pairs, shows_person
 from .media import media_to
 from .sampler import epoch_loader
-from .steps import EpochStats, optimisation_step
+from .steps import EpochStats, optimisation_step, selection_key
 from .vocab import Vocabulary
 
 
@@ -122,9 +122,9 @@ class CrossEntropy:
     def record(self, total: EpochStats) -> dict[str, float]:
         return {"train_loss": round(total.loss, 4)}
 
-    def unvalidated_score(self, total: EpochStats) -> list[float]:
-        """Model selection without val data: the lowest training loss."""
-        return [-total.loss, 0.0]
+    def selection_score(self, record: dict, total: EpochStats) -> list[float]:
+        """steps.selection_key; without val data, the lowest training loss."""
+        return selection_key(record, [-total.loss, 0.0])
 
     def plateau_value(self, record: dict, total: EpochStats) -> float:
         """What a plateau scheduler minimises: the val loss (smoother than BLEU on small val sets)."""

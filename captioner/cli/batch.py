@@ -36,8 +36,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from datetime import timedelta
-
     from .. import distributed
     from ..batch import check_inputs, check_output, model_id, run_batch
     from ..inference import Captioner
@@ -46,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(args.inputs)
     checkpoint = checkpoint_path(args.checkpoint)
     device = distributed.rank_device(args.device)
-    # a long timeout: a resumed rank with little left waits at the end for one with much left
-    shard = distributed.join(device, timeout=timedelta(days=7))
+    shard = distributed.join(device)
     try:
         cap = Captioner.load(checkpoint, device=str(device), engine=args.engine)
         cfg = replace(cap.decode_config, **decode_overrides(args))
