@@ -214,6 +214,7 @@ def fit(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet, val_set: 
                                             desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress)
             if run.stats.stopped:
                 save("last.pt", epoch, True)
+                distributed.barrier(world)  # no rank exits (torchrun would stop the others) before it is written
                 log(f"stopped in epoch {epoch + 1} after {run.stats.batches} batches; resume with --resume "
                     f"{os.path.join(out_dir, 'last.pt')}")
                 runlog.close()
