@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .config import DecodeConfig
@@ -48,7 +47,7 @@ from .errors import CaptionerError, ConfigError
 from .stopping import stop_requests
 from .inference import Captioner
 from .listing import MEDIA_EXTENSIONS, check_inputs, iter_inputs  # noqa: F401 - re-exported: batch's API
-from .media import WorkerLoader, load_media_tensor, stack_or_list
+from .media import MediaDataset, WorkerLoader, collate_media
 from .results import (_LOCKED_FDS, Done, OutputFile, ResultWriter, check_output, existing_parts,  # noqa: F401
                       load_done, merge_outputs, part_path, upgrade_layout)
 
@@ -63,30 +62,8 @@ class LoadedBatch(NamedTuple):
     errors: list[str | None]  # per path: why it could not be read, or None
 
 
-class MediaLoader(Dataset):
-    """Runs in DataLoader workers: path -> (path, (3,H,W) or (F,3,H,W) tensor or None, error or None). Any
-    failure of one file becomes its error string, so a bad file never kills a worker or the run."""
-
-    def __init__(self, transform: Callable, num_frames: int = 16):
-        self.transform = transform
-        self.num_frames = num_frames
-
-    def __getitem__(self, path: str) -> tuple[str, torch.Tensor | None, str | None]:
-        try:
-            return path, load_media_tensor(path, self.transform, self.num_frames), None
-        except CaptionerError as exc:
-            return path, None, _one_line(str(exc))
-        except Exception as exc:  # a decoder bug on a hostile file is still that file's problem
-            return path, None, _one_line(f"{path}: cannot read ({type(exc).__name__}: {exc})")
-
-
-def _one_line(msg: str) -> str:
-    return " ".join(msg.split())
-
-
 def collate_loaded(items: list[tuple[str, torch.Tensor | None, str | None]]) -> LoadedBatch:
-    ok = [t for _, t, _ in items if t is not None]
-    return LoadedBatch([p for p, _, _ in items], stack_or_list(ok) if ok else None, [e for _, _, e in items])
+    return LoadedBatch(*collate_media(items))
 
 
 def _worker_init(_: int) -> None:
@@ -108,7 +85,8 @@ def make_loader(paths: Iterable[str], transform: Callable, batch_size: int, work
     """Batches of LoadedBatch. `paths` is consumed lazily (it is the sampler: the DataLoader asks it for
     only the next few batches), so the listing is streamed."""
     _check_sizes(batch_size, workers)
-    return WorkerLoader(MediaLoader(transform, num_frames), batch_size=batch_size, sampler=paths,
+    # each file's error is its row's, never the run's
+    return WorkerLoader(MediaDataset(transform, num_frames, errors="return"), batch_size=batch_size, sampler=paths,
                         num_workers=workers, collate_fn=collate_loaded, pin_memory=device.type == "cuda",
                         worker_init_fn=_worker_init)
 

@@ -18,11 +18,10 @@ import os
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .atomic import save_tensors
-from .media import WorkerLoader, build_transform, load_media_tensor, media_to, stack_or_list
+from .media import MediaDataset, WorkerLoader, build_transform, collate_media, media_to
 from .model import CaptionModel, encoder_precision
 
 CACHE_VERSION = 2  # 2: large JPEGs decoded at reduced scale (media.load_image)
@@ -50,26 +49,6 @@ def _file_id(path: str) -> str:
     return hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
 
 
-class MediaFiles(Dataset):
-    """Decode + preprocess image and video files in DataLoader workers: -> (3,H,W) or (F,3,H,W) tensors."""
-
-    def __init__(self, paths: Sequence[str], transform: Callable, num_frames: int):
-        self.paths = list(paths)
-        self.transform = transform
-        self.num_frames = num_frames
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        return load_media_tensor(self.paths[i], self.transform, self.num_frames), i
-
-
-def _collate(batch):
-    media, index = zip(*batch)
-    return stack_or_list(media), torch.tensor(index)
-
-
 @torch.no_grad()
 def encode_images(model: CaptionModel, paths: Sequence[str], device: torch.device, batch_size: int = 32,
                   num_workers: int = 0, cache_dir: str | None = None, progress: bool = True,
@@ -92,15 +71,14 @@ def encode_images(model: CaptionModel, paths: Sequence[str], device: torch.devic
     if todo:
         was_training = model.training
         model.eval()
-        loader = WorkerLoader(MediaFiles([paths[i] for i in todo], build_transform(model.transform_spec),
-                                         model.cfg.num_frames),
-                              batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
+        files = MediaDataset(build_transform(model.transform_spec), model.cfg.num_frames, [paths[i] for i in todo])
+        loader = WorkerLoader(files, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_media,
                               generator=torch.Generator())  # keeps the global RNG (training's) untouched
         bar = tqdm(total=len(todo), desc="encoding images", unit="img", disable=not progress, leave=False)
-        for media, local in loader:
+        for local, media, _ in loader:
             with encoder_precision(device):  # on CUDA the features every surface captions from
                 out = model.encode(media_to(media, device)).to("cpu", torch.float16)  # (b,P,E) or (b,F,E)
-            for j, f in zip(local.tolist(), out):
+            for j, f in zip(local, out):
                 i = todo[j]
                 feats[i] = f.clone()
                 if folder:

@@ -16,9 +16,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from .errors import MediaError
+from .errors import CaptionerError, MediaError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Pillow warns at 89 Mpx and raises at twice that; we refuse anything over this many pixels outright,
@@ -168,6 +168,46 @@ class WorkerLoader(DataLoader):
             return super().__iter__()  # the workers are forked here
         finally:
             gc.unfreeze()
+
+
+class MediaDataset(Dataset):
+    """The one dataset of media files, decoded and preprocessed in DataLoader workers (the feature cache,
+    batch captioning, training from pixels): dataset[key] -> (key, (3,H,W) image or (F,3,H,W) clip tensor,
+    None), where key indexes `paths`, or is the path itself when `paths` is None (a sampler that yields paths:
+    batch's streamed listing). errors="return": a file that cannot be read gives (key, None, its one-line
+    error) instead of raising, so one bad file never kills a worker or the run."""
+
+    def __init__(self, transform: Preprocess, num_frames: int = 16, paths: Sequence[str] | None = None,
+                 errors: str = "raise"):
+        assert errors in ("raise", "return")
+        self.transform, self.num_frames, self.errors = transform, num_frames, errors
+        self.paths = None if paths is None else list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths) if self.paths is not None else 0
+
+    def tensor(self, key) -> torch.Tensor:
+        """The preprocessed tensor alone (errors raised): training's CaptionPairs loads images with it."""
+        path = self.paths[key] if self.paths is not None else key
+        return load_media_tensor(path, self.transform, self.num_frames)
+
+    def __getitem__(self, key) -> tuple[Any, torch.Tensor | None, str | None]:
+        if self.errors == "raise":
+            return key, self.tensor(key), None
+        path = self.paths[key] if self.paths is not None else key
+        try:
+            return key, self.tensor(key), None
+        except CaptionerError as exc:
+            return key, None, " ".join(str(exc).split())
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on a hostile file is still that file's problem
+            return key, None, " ".join(f"{path}: cannot read ({type(exc).__name__}: {exc})".split())
+
+
+def collate_media(items: list[tuple[Any, torch.Tensor | None, str | None]]
+                  ) -> tuple[list, torch.Tensor | list[torch.Tensor] | None, list[str | None]]:
+    """MediaDataset items -> (keys, the tensors that loaded (stack_or_list) or None, errors)."""
+    ok = [t for _, t, _ in items if t is not None]
+    return [k for k, _, _ in items], stack_or_list(ok) if ok else None, [e for _, _, e in items]
 
 
 def stack_or_list(tensors: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:

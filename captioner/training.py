@@ -26,7 +26,7 @@ from .datasets import CaptionPairs, CaptionSet, collate_pairs, training_weights
 from .errors import ConfigError
 from .features import encode_images
 from .inference import Captioner
-from .media import build_transform, load_media_tensor
+from .media import MediaDataset, build_transform
 from .metrics import caption_metrics
 from .model import CaptionModel
 from .run_state import RunLog, RunState, restore_rng, save_run
@@ -44,13 +44,6 @@ class _Features:
     def __call__(self, i: int) -> torch.Tensor:
         return self.feats[i]
 
-
-class _Media:
-    def __init__(self, paths: list[str], transform, num_frames: int):
-        self.paths, self.transform, self.num_frames = paths, transform, num_frames
-
-    def __call__(self, i: int) -> torch.Tensor:
-        return load_media_tensor(self.paths[i], self.transform, self.num_frames)
 
 @torch.no_grad()
 def validate(model: CaptionModel, val_set: CaptionSet, val_feats: torch.Tensor, vocab: Vocabulary,
@@ -157,7 +150,7 @@ def make_objective(model: CaptionModel, vocab: Vocabulary, train_set: CaptionSet
     if cached:
         load = _Features(training_features(model, paths, device, cfg, cache_dir, progress, should_stop))
     else:
-        load = _Media(paths, build_transform(model.transform_spec, train=True), model.cfg.num_frames)
+        load = MediaDataset(build_transform(model.transform_spec, train=True), model.cfg.num_frames, paths).tensor
     return CrossEntropy(model, vocab, train_set.items, load, weights, cfg, cached)
 
 
