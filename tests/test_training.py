@@ -189,3 +189,22 @@ def test_mid_epoch_resume_with_another_batch_size_or_world_sees_each_example_onc
     if old_world == new_world:  # same world: exactly the uninterrupted run's order
         straight = [list(EpochSampler(n, 5, 2, 0, r, old_world)) for r in range(old_world)]
         assert all(a == s[k * batch:] for a, s in zip(after, straight))
+
+
+def test_training_from_pixels_without_the_feature_cache(tmp_path):
+    """--no-cache: each batch's images are decoded and encoded again (media.MediaDataset in the loader); the
+    run trains and writes a checkpoint that captions, and no feature is cached."""
+    import dataclasses
+
+    data = read_captions(str(COCO_MINI_TRAIN), str(COCO_MINI_TRAIN_IMAGES))
+    data = dataclasses.replace(data, items=data.items[:6])
+    vocab = Vocabulary.build((c for it in data.items for c in it.captions), min_freq=1)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(embed_dim=16, hidden_dim=16, dropout=0.0), len(vocab))
+    cfg = TrainConfig(epochs=2, batch_size=10, cache_features=False, num_workers=1, lr=3e-3)
+    summary = fit(model, vocab, data, None, cfg, str(tmp_path / "run"), torch.device("cpu"),
+                  cache_dir=str(tmp_path / "cache"), progress=False, log=lambda m: None)
+    losses = [r["train_loss"] for r in summary["history"]]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert not (tmp_path / "cache").exists()
+    assert Captioner.load(tmp_path / "run" / "last.pt", device="cpu").caption([data.items[0].image])[0]
