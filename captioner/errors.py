@@ -1,4 +1,7 @@
 """Errors a user can cause. The CLI and the app print these as one line; anything else is a bug."""
+from __future__ import annotations
+
+import os
 
 
 class CaptionerError(Exception):
@@ -31,3 +34,16 @@ def require_extra(module: str, extra: str, what: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise ConfigError(f"{what} needs {module}, which is not installed: pip install 'captioner[{extra}]'")
+
+
+def check_file(path: str | os.PathLike, kind: str, examples: str) -> str:
+    """The path of a media file as a str, or a MediaError saying it is a folder, missing or empty."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise MediaError(f"{path}: is a folder; expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} file "
+                         f"(caption a folder with `captioner batch`)")
+    if not os.path.isfile(path):
+        raise MediaError(f"{path}: no such {kind} file")
+    if os.path.getsize(path) == 0:
+        raise MediaError(f"{path}: file is empty; expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} ({examples})")
+    return path

@@ -16,7 +16,7 @@ and all mutated media once through `captioner batch`. Outcomes:
   changed weights         a mutated checkpoint that loaded with weights different from the original's
 Crashes, hangs, unnamed errors and changed weights must be 0. Also printed: the worker's peak memory (a
 mutated header must not make it allocate gigabytes: images are refused over media.MAX_IMAGE_PIXELS, video
-frames over media.MAX_VIDEO_PIXELS; a clip is sampled, never read whole, so its claimed duration is harmless).
+frames over video.MAX_VIDEO_PIXELS; a clip is sampled, never read whole, so its claimed duration is harmless).
 
     python scripts/fuzz_inputs.py [--cases 600] [--seed 0] [--checkpoint CKPT] [--timeout 30] [--keep DIR]
 """

@@ -7,6 +7,7 @@ import torch
 from conftest import DATA
 
 import captioner.media as media
+import captioner.video as video
 from captioner.checkpoint import load_checkpoint, save_checkpoint
 from captioner.datasets import read_captions
 from captioner.errors import CheckpointError, DatasetError, MediaError
@@ -58,6 +59,6 @@ def test_a_flipped_bit_in_a_weight_is_refused(trained, tmp_path):
 
 def test_video_frames_over_the_pixel_limit_are_refused(monkeypatch):
     clip = DATA / "videos" / "bikes.mp4"
-    monkeypatch.setattr(media, "MAX_VIDEO_PIXELS", 1000)
+    monkeypatch.setattr(video, "MAX_VIDEO_PIXELS", 1000)
     with pytest.raises(MediaError, match="over the limit of 1,000"):
         media.read_video_frames(clip, 4)
