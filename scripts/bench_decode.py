@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         feats = encode_images(model.to(device).eval(), paths, device, cache_dir=args.cache_dir, progress=False)
     except CaptionerError as exc:
         raise SystemExit(f"error: {exc}") from None
-    feats = feats.to(device).float()  # (N,P,E), as training.generate_captions feeds decode
+    feats = feats.to(device).float()  # (N,P,E), as Captioner.decode_features feeds decode
     dec = model.decoder
     print(f"{len(paths)} images, features {tuple(feats.shape)}, vocabulary {len(vocab)}, "
           f"{torch.get_num_threads()} threads, device {device}, batch {args.batch_size}, best of {args.repeats}")
