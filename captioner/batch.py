@@ -198,9 +198,9 @@ def run_batch(cap: Captioner, inputs: Sequence[str], out: str, *, model: str, cf
     listing = lambda: iter_inputs(inputs, extensions)  # noqa: E731
 
     t0 = time.time()
-    # Signals are handled until the merge is done too, so a stop never leaves a half-written rewrite behind.
     mine = [target] + ([*stale] if not world else [out, *stale] if shard.rank == 0 else [])  # target: out or a part
     _upgrade_outputs(mine, fmt, model, shard, log)
+    # Signals are handled until the merge is done too, so a stop never leaves a half-written rewrite behind.
     with stop_requests() as stop_asked, ResultWriter(target, fmt) as writer:
         own = OutputFile(target, fmt)
         done = load_done([OutputFile(p, fmt) for p in [out, *stale] if p != target] + [own], model)

@@ -192,8 +192,9 @@ class CaptionDecoder(nn.Module):
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, sampling_prob: float = 0.0,
                 targets: torch.Tensor | None = None, hide_prob: float = 0.0) -> DecoderOutput:
         """Teacher forcing: tokens (B,T) are the inputs (BOS w1 ... w_{T-1}); returns logits (B,T,V) for the
-        next word at each step (packed (N,V), see DecoderOutput, when `targets` are given to the fast path). With `sampling_prob` > 0 (scheduled sampling, Bengio et al. 2015) each input
-        after the first is, with that probability, replaced by the model's own greedy prediction.
+        next word at each step (packed (N,V), see DecoderOutput, when `targets` are given to the fast path).
+        With `sampling_prob` > 0 (scheduled sampling, Bengio et al. 2015) each input after the first is, with
+        that probability, replaced by the model's own greedy prediction.
         Copy models take the `targets` (B,T): copy-only words that are not candidates become UNK (returned as
         .targets), and with `hide_prob` a candidate's generation path is closed (copying.CopyHead.hide_mask)."""
         state = self.init_state(features)
