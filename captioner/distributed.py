@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 
 
-
 class Shard(NamedTuple):
     """This process's place among the ranks."""
     rank: int = 0
