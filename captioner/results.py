@@ -272,7 +272,9 @@ def upgrade_layout(path: str, fmt: str, model_id: str) -> bool:
 
 
 def _upgraded(r: dict) -> dict:
-    """A row of the layout before log_prob, in today's."""
+    """A row of the layout before log_prob, in today's (a row already in today's stays as it is)."""
+    if "log_prob" in r:
+        return r
     out = {"path": r["path"], "caption": r.get("caption") or None, "log_prob": r.get("score"), "score": None,
            "model": r["model"], "error": r.get("error") or None}
     if r.get("captions"):
