@@ -117,9 +117,10 @@ def barrier(world: int) -> None:
 def data_parallel(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
     """The module that trains: the model itself on one rank, its DistributedDataParallel wrapper on several.
     A copy model's copy embedding is unused in a batch whose captions copy nothing: DDP must look for unused
-    parameters there. A frozen encoder's buffers never change: no need to re-broadcast them every step."""
+    parameters there. A frozen encoder's buffers never change: they are synced once at the start, not before every
+    forward (torch 2.14's forward_sync_buffers, which replaces broadcast_buffers)."""
     if world == 1:
         return model
     return torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=bool(model.cfg.copy_nouns), broadcast_buffers=not model.encoder.frozen)
+        find_unused_parameters=bool(model.cfg.copy_nouns), forward_sync_buffers=not model.encoder.frozen)
