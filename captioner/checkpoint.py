@@ -27,7 +27,7 @@ from .config import ModelConfig
 from .encoder import ImageEncoder
 from .errors import CheckpointError
 from .model import CaptionModel, build_model
-from .nouns import NounSpace, load_table
+from .nouns import load_table
 from .vocab import Vocabulary
 
 FORMAT = "captioner-checkpoint"
@@ -120,8 +120,6 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str = "checkpoint", encode
     """Rebuild the model from the config inside `ckpt` and load its weights. `encoder`: an encoder made
     already (engine.py's deferred one), used as it is; only the decoder is then built and loaded."""
     vocab = Vocabulary.from_dict(ckpt["vocab"])
-    if ckpt.get("copy_table") and not vocab.nouns:  # saved before vocabularies listed their nouns
-        vocab = Vocabulary(vocab.itos, vocab.generated, NounSpace(ckpt["copy_table"]).words)
     try:
         cfg = ModelConfig.from_dict(ckpt["model_config"])
     except ValueError as exc:
@@ -139,4 +137,6 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str = "checkpoint", encode
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the model config: {str(exc).splitlines()[0]}") from None
     model.encoder.transform = dict(ckpt["transform"])
+    if model.decoder.copy is not None and not vocab.nouns:  # saved before vocabularies listed their nouns
+        vocab = Vocabulary(vocab.itos, vocab.generated, [vocab.itos[i] for i in model.decoder.copy.noun_ids.tolist()])
     return model.eval(), vocab
