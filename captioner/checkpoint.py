@@ -7,6 +7,7 @@ Contents (primitives and tensors only, so `torch.load(weights_only=True)` works 
     package: they are rebuilt from there, not copied)
   optional for resuming: optimizer_state, scheduler_state, epoch, best_score, history, rng
   optional metadata: data (what it was trained on), scores
+  optional fluent: a second decoder's model_config, vocab, decoder_state and metadata (fluent.py)
   checksum: SHA-256 of everything else (every tensor's bytes and every other value), checked on load:
     zip stores no checksum torch verifies, so a flipped bit in a weight would otherwise load as a
     silently different model (found by scripts/fuzz_inputs.py). Files without one (older) load unchecked.
@@ -26,6 +27,7 @@ from .atomic import save_tensors
 from .config import ModelConfig
 from .encoder import ImageEncoder
 from .errors import CheckpointError
+from .fluent import fluent_from_payload
 from .model import CaptionModel, build_model
 from .nouns import load_table
 from .vocab import Vocabulary
@@ -53,6 +55,8 @@ def model_payload(model: CaptionModel, vocab: Vocabulary) -> dict[str, Any]:
         "encoder_state": enc.state_dict() if keep_encoder else None,
         # a copy model's noun table (ImageNet class -> words), so it needs nothing outside this file
         "copy_table": [list(r) for r in load_table()] if model.cfg.copy_nouns else None,
+        # a second decoder trained on COCO alone, with its own config and vocabulary (fluent.py)
+        **({"fluent": model.fluent.payload()} if model.fluent is not None else {}),
     }
 
 
@@ -137,6 +141,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str = "checkpoint", encode
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the model config: {str(exc).splitlines()[0]}") from None
     model.encoder.transform = dict(ckpt["transform"])
+    if ckpt.get("fluent") is not None:
+        model.fluent = fluent_from_payload(ckpt["fluent"], vocab, model.encoder.feature_dim, path)
     if model.decoder.copy is not None and not vocab.nouns:  # saved before vocabularies listed their nouns
         vocab = Vocabulary(vocab.itos, vocab.generated, [vocab.itos[i] for i in model.decoder.copy.noun_ids.tolist()])
     return model.eval(), vocab

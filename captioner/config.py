@@ -199,6 +199,12 @@ class DecodeConfig:
     # models with a person detector (ModelConfig.person_gate): person words only where it says there is one
     person_gate: bool = False
     person_prob: float = 0.5  # how sure the detector must be of a person before a caption may say one
+    # models with a fluent decoder too (fluent.py): its caption, unless the CNN is at least ground_prob sure of a
+    # noun that caption does not name (then the grounded decoder's); its person words need the detector at
+    # least fluent_person_prob sure
+    fluent: bool = True
+    ground_prob: float = 0.3
+    fluent_person_prob: float = 0.5
 
     def validate(self) -> None:
         if self.method not in DECODE_METHODS:
@@ -213,8 +219,11 @@ class DecodeConfig:
             raise ConfigError(f"min_len ({self.min_len}) must be <= max_len ({self.max_len})")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ConfigError("temperature must be > 0, top_p in (0, 1], top_k >= 0")
-        if not 0.0 < self.person_prob < 1.0:
-            raise ConfigError(f"person_prob must be in (0, 1), got {self.person_prob}")
+        for name in ("person_prob", "fluent_person_prob"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.ground_prob <= 1.0:
+            raise ConfigError(f"ground_prob must be in (0, 1], got {self.ground_prob}")
         if not 0.0 < self.require_prob <= 1.0:
             raise ConfigError(f"require_prob must be in (0, 1], got {self.require_prob}")
         if self.repetition_penalty < 1.0 or self.length_penalty < 0 or self.no_repeat_ngram_size < 0:

@@ -19,9 +19,10 @@ from PIL import Image
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
 from .defaults import resolve_checkpoint
-from .decoding import Hypothesis, decode
+from .decoding import Hypothesis
 from .engine import deferred_encoder, remember_source, resolve_engine, use_engine
 from .errors import CaptionerError, ConfigError, MediaError
+from .fluent import decode_model
 from .media import (VIDEO_EXTENSIONS, Clip, build_transform, clip_tensor, is_video, load_media_tensor, media_to,
                     stack_or_list)
 from .model import CaptionModel, encoder_precision
@@ -167,8 +168,9 @@ class Captioner:
     @torch.no_grad()
     def decode_features(self, feats: torch.Tensor, cfg: DecodeConfig | None = None) -> list[list[Hypothesis]]:
         """What the decoder reads, (B,P,E) or (B,F,E) (from the encoder or the feature cache) -> hypotheses per
-        item, best first: the decoding half of the one path every surface takes."""
-        return decode(self.model.decoder, feats.to(self.device).float(), self.vocab, cfg or self.decode_config)
+        item, best first: the decoding half of the one path every surface takes (with a fluent decoder, see
+        fluent.py, the rule that picks between its caption and the grounded one)."""
+        return decode_model(self.model, feats.to(self.device).float(), self.vocab, cfg or self.decode_config)
 
     def best_captions(self, feats: torch.Tensor, cfg: DecodeConfig | None = None, batch_size: int = 64,
                       bar: Callable[[int], Any] | None = None) -> list[str]:

@@ -30,6 +30,7 @@ class CaptionModel(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.cfg = cfg
+        self.fluent: nn.Module | None = None  # a second, fluent decoder over the same features (fluent.py)
 
     @property
     def transform_spec(self) -> dict:

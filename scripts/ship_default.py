@@ -11,12 +11,18 @@
    0.7): the most subjects named minus objects hallucinated, and among the settings within one photo of the
    best, the least forcing (off, else the strictest threshold). The chosen search and these become the
    checkpoint's own `decode_config`, which every command uses;
+   With `--fluent CKPT` (a plain decoder trained on COCO alone, fluent.py) the model carries it too, and then
+   on everyday: `ground_prob`, how sure the CNN must be of a noun the fluent caption misses before the grounded
+   decoder captions instead: the largest (the least handed over: in-domain the fluent decoder scores higher)
+   at which at least 70 % of the subjects are named (else the one naming the most); then the fluent decoder's
+   person gate, the least strict at which the captions meet the person target above;
 3. score that setting once on the held-out **test** split (`captioner evaluate`'s code path, METEOR included)
    and record it as `held_out_scores` (with the grounding rates), with the val and everyday grids beside it;
 4. write the checkpoint without training state, decoder weights stored in fp16 (half the size; they are
    loaded back into fp32, and the scores above are measured on exactly these weights), atomically to --out.
 
-    python scripts/ship_default.py runs/default/scst/best.pt --out assets/default.pt
+    python scripts/ship_default.py runs/default/xent/best.pt --fluent runs/default/fluent/scst/best.pt \
+        --out assets/default.pt
 """
 from __future__ import annotations
 
@@ -27,10 +33,11 @@ import time
 from dataclasses import replace
 
 from captioner.checkpoint import load_checkpoint, save_checkpoint
-from captioner.config import DecodeConfig
+from captioner.config import DecodeConfig, ModelConfig
 from captioner.datasets import read_and_report
 from captioner.errors import CaptionerError
 from captioner.evaluation import evaluate, format_table
+from captioner.fluent import fluent_payload
 from captioner.grounding import format_grounding
 from captioner.inference import Captioner
 from captioner.run_state import TRAINING_STATE
@@ -40,12 +47,30 @@ GRID = [DecodeConfig(method="greedy")] + [DecodeConfig(beam_size=k, length_penal
 REQUIRE = (0.3, 0.5, 0.7)
 PERSON_PROBS = (0.5, 0.6, 0.7, 0.8, 0.9)
 PERSON_TARGET = 0.15  # at most this share of person-free photos may be captioned with a person
+GROUND_PROBS = (0.7, 0.5, 0.4, 0.3, 0.2)  # --fluent: ground_prob, the least handed over first
+SUBJECT_TARGET = 0.70  # --fluent: at least this share of everyday photos should have their subject named
 
 
 def label(cfg: DecodeConfig) -> str:
     name = "greedy" if cfg.method == "greedy" else f"beam {cfg.beam_size}, lp {cfg.length_penalty}"
     return (name + (f", require p >= {cfg.require_prob}" if cfg.require_object else "")
-            + (f", person p >= {cfg.person_prob}" if cfg.person_gate else ""))
+            + (f", person p >= {cfg.person_prob}" if cfg.person_gate else "")
+            + (f", fluent unless p >= {cfg.ground_prob} missed, its person p >= {cfg.fluent_person_prob}"
+               if cfg.fluent else ""))
+
+
+def half(state: dict) -> dict:
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_as_shipped(ckpt: dict, out: str) -> Captioner:
+    """The Captioner of `ckpt` written and read back, so the scores are measured on the weights as shipped."""
+    unscored = out + ".unscored"
+    save_checkpoint(unscored, ckpt)
+    try:
+        return Captioner.load(unscored, device="cpu")
+    finally:
+        os.unlink(unscored)
 
 
 def main(argv=None) -> int:
@@ -53,23 +78,22 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint", help="the run's best.pt")
     p.add_argument("--out", required=True, help="where to write the shipped checkpoint (e.g. assets/default.pt)")
     p.add_argument("--data-dir", default=os.path.join(os.environ.get("DATA", "../shared/data"), "coco2017"))
+    p.add_argument("--fluent", help="a plain decoder's best.pt (trained on COCO alone) to carry beside it")
     args = p.parse_args(argv)
     try:
         ann, images = os.path.join(args.data_dir, "annotations"), os.path.join(args.data_dir, "images")
         val = read_and_report(os.path.join(ann, "captions_val.json"), images, None, None, "val", print)
         test = read_and_report(os.path.join(ann, "captions_test.json"), images, None, None, "test (held out)", print)
         ckpt = load_checkpoint(args.checkpoint)
+        if args.fluent and not ModelConfig.from_dict(ckpt["model_config"]).copy_nouns:
+            raise SystemExit("--fluent needs a copy model (its candidate nouns decide which caption is used)")
         for key in TRAINING_STATE:
             ckpt.pop(key, None)
-        ckpt["decoder_state"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["decoder_state"].items()}
-        unscored = args.out + ".unscored"  # the weights as shipped, so the scores are theirs
-        save_checkpoint(unscored, ckpt)
-        try:
-            cap = Captioner.load(unscored, device="cpu")
-        finally:
-            os.unlink(unscored)
+        ckpt["decoder_state"] = half(ckpt["decoder_state"])
+        ckpt.pop("fluent", None)  # the grounded decoder's choices are made on it alone
+        cap = load_as_shipped(ckpt, args.out)
         model_cfg = cap.model.cfg
-        fixed = {"no_repeat_words": True, "person_gate": model_cfg.person_gate}
+        fixed = {"no_repeat_words": True, "person_gate": model_cfg.person_gate, "fluent": False}
         rows = []
         for cfg in GRID:
             report, _ = evaluate(cap, val, replace(cfg, **fixed), meteor=False, progress=False)
@@ -90,12 +114,14 @@ def main(argv=None) -> int:
                       f"{g['object_hallucination']:.3f}, person where none {g['person_hallucination']:.3f}, "
                       f"BLEU-4 {report['metrics']['BLEU-4']:.4f}")
                 return g
-            if model_cfg.person_gate:  # the least strict gate that meets the person target (in-domain cost grows)
+
+            def least_strict_gate(cfg, field):  # that meets the person target (in-domain cost grows with it)
                 for p in PERSON_PROBS:
-                    cfg = replace(best, person_prob=p)
-                    if on_everyday(cfg)["person_hallucination"] <= PERSON_TARGET or p == PERSON_PROBS[-1]:
-                        best = cfg
-                        break
+                    gated = replace(cfg, **{field: p})
+                    if on_everyday(gated)["person_hallucination"] <= PERSON_TARGET or p == PERSON_PROBS[-1]:
+                        return gated
+            if model_cfg.person_gate:
+                best = least_strict_gate(best, "person_prob")
             if model_cfg.copy_nouns:
                 free = everyday_rows[-1][1] if everyday_rows else on_everyday(best)  # the gate's last row: no require
                 scored = [(best, free)] + [(cfg, on_everyday(cfg)) for cfg in
@@ -105,6 +131,18 @@ def main(argv=None) -> int:
                 # CNN is unsure of should not be forced in): off, then the strictest threshold
                 close = [i for i, x in enumerate(gain) if x >= max(gain) - 1 / len(everyday.items)]
                 best = scored[close[0] if close[0] == 0 else max(close, key=lambda i: scored[i][0].require_prob)][0]
+            if args.fluent:
+                try:
+                    payload = fluent_payload(load_checkpoint(args.fluent))
+                except ValueError as exc:
+                    raise SystemExit(f"{args.fluent}: {exc}") from None
+                ckpt["fluent"] = {**payload, "decoder_state": half(payload["decoder_state"])}
+                cap = load_as_shipped(ckpt, args.out)
+                tried = [(p, on_everyday(replace(best, fluent=True, ground_prob=p))) for p in GROUND_PROBS]
+                met = [p for p, g in tried if g["subject_named"] >= SUBJECT_TARGET]
+                best = replace(best, fluent=True, ground_prob=met[0] if met else
+                               max(tried, key=lambda t: (t[1]["subject_named"], t[0]))[0])
+                best = least_strict_gate(best, "fluent_person_prob")  # now on the captions users get
             print(f"chosen on everyday: {label(best)}")
         val_report, _ = evaluate(cap, val, best, meteor=False, progress=False)  # what the choices cost on val
         print("val with the chosen setting:\n" + format_table([(label(best), val_report["metrics"])]) + "\n"

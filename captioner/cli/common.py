@@ -56,6 +56,13 @@ def add_decode_flags(p: argparse.ArgumentParser) -> None:
                    help="how sure the person detector must be before a caption may say a person")
     g.add_argument("--allow-repeat-words", dest="no_repeat_words", action="store_false",
                    help="allow a content word to be said again")
+    g.add_argument("--no-fluent", dest="fluent", action="store_false", default=None,
+                   help="models with a fluent decoder too: caption with the grounded decoder alone")
+    g.add_argument("--ground-prob", dest="ground_prob", type=float,
+                   help="models with a fluent decoder: how sure the CNN must be of a noun the fluent caption "
+                        "does not name before the grounded decoder captions instead")
+    g.add_argument("--fluent-person-prob", dest="fluent_person_prob", type=float,
+                   help="how sure the person detector must be before the fluent decoder may say a person")
 
 
 def overrides(cls, args: argparse.Namespace) -> dict[str, Any]:

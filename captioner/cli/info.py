@@ -27,5 +27,9 @@ def run(args: argparse.Namespace) -> int:
             "encoder": ckpt.get("encoder"), "vocab_size": len(ckpt["vocab"]["itos"]), "epoch": ckpt.get("epoch"),
             "data": ckpt.get("data"), "scores": ckpt.get("scores"), "held_out_scores": ckpt.get("held_out_scores"),
             "decode": ckpt.get("decode_config")}
+    fluent = ckpt.get("fluent")
+    if fluent is not None:  # the second decoder (fluent.py): what it is and was trained on, not its weights
+        info["fluent_decoder"] = {"model": fluent.get("model_config"), "vocab_size": len(fluent["vocab"]["itos"]),
+                                  **{k: fluent.get(k) for k in ("epoch", "data", "train_config", "scores")}}
     print(json.dumps(info, indent=2, default=str))
     return 0

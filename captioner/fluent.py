@@ -1,0 +1,129 @@
+"""A fluent second decoder beside the grounded one, and the rule that picks between their captions.
+
+The grounded decoder (a copy model with the concept input and the person detector, copying.py) names what
+the CNN recognises, nouns no training caption has included, but its copied nouns replace COCO's words and its
+captions score lower on COCO. A decoder trained on COCO alone (no copying; cross-entropy, then self-critical
+training) writes the captions COCO rewards, but names only what COCO photos show ("a man holding a hot dog"
+for a baboon). A model may carry both over its one encoder (checkpoint key "fluent"); each input's caption is
+
+  1. the fluent decoder's, searched as the grounded one is (beam, length penalty, no repeated content words),
+     with person words allowed only where the grounded model's person detector is at least
+     `DecodeConfig.fluent_person_prob` sure of a person;
+  2. unless the CNN is at least `DecodeConfig.ground_prob` sure of a noun that this caption does not name
+     (singular or plural): then the grounded decoder's, with all of its own rules (--require-object, its person
+     gate).
+
+Nothing is trained for the rule, and it fails safe: where the CNN is unsure, or sure and the fluent caption
+agrees, the fluent caption stands; only a disagreement hands the photo to the decoder built to say what the
+CNN sees. Both decoders speak one vocabulary, the grounded model's: the fluent decoder's own words are a
+subset of it (it was built from a subset of the same captions with the same minimum count), and its output is
+placed there with every other word at -inf, so hypotheses, rules and text are the same for both.
+
+Shapes: B batch, P positions, E feature, V the shared vocabulary, W the fluent decoder's own vocabulary.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import DecodeConfig, ModelConfig
+from .decoder import CaptionDecoder, State
+from .decoding import NEG_INF, Hypothesis, decode
+from .errors import CheckpointError
+from .grounding import names_any
+from .vocab import Vocabulary
+
+# what a fluent payload keeps of the checkpoint it came from, besides its weights
+PAYLOAD_KEYS = ("model_config", "vocab", "train_config", "data", "scores", "held_out_scores", "epoch")
+
+
+class FluentDecoder(nn.Module):
+    """A CaptionDecoder trained with its own vocabulary (W words), stepping in the shared one (V words)."""
+
+    def __init__(self, decoder: CaptionDecoder, own: Vocabulary, shared: Vocabulary, meta: dict[str, Any]):
+        super().__init__()
+        missing = [w for w in own.itos[: own.generated] if w not in shared.stoi]
+        if missing:
+            raise ValueError(f"the fluent decoder's vocabulary has {len(missing)} words the model's lacks "
+                             f"(e.g. {missing[0]!r}); train it on a subset of the model's captions")
+        self.decoder = decoder
+        self.meta = meta  # PAYLOAD_KEYS of its checkpoint: what it was trained on, and how
+        to_shared = torch.tensor([shared.stoi[w] for w in own.itos[: own.generated]])  # (W,)
+        from_shared = torch.full((len(shared),), Vocabulary.unk_id, dtype=torch.long)
+        from_shared[to_shared] = torch.arange(len(to_shared))
+        self.register_buffer("to_shared", to_shared, persistent=False)
+        self.register_buffer("from_shared", from_shared, persistent=False)  # (V,) UNK where it has no word
+        self.shared_size = len(shared)
+
+    def init_state(self, features: torch.Tensor) -> State:
+        return self.decoder.init_state(features)
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (B,) in the shared vocabulary -> log-probs (B,V) (-inf for words it cannot say), new state."""
+        own, state = self.decoder.step(self.from_shared[tokens], state)  # (B,W)
+        out = own.new_full((own.size(0), self.shared_size), NEG_INF)
+        return out.index_copy_(1, self.to_shared, own), state
+
+    def payload(self) -> dict[str, Any]:
+        return {**self.meta, "decoder_state": self.decoder.state_dict()}
+
+
+def fluent_payload(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of a plain (non-copy) decoder -> what a model's "fluent" entry stores."""
+    cfg = ModelConfig.from_dict(ckpt["model_config"])
+    if cfg.copy_nouns or cfg.is_video or cfg.attention:
+        raise ValueError("a fluent decoder is a plain image decoder (no --copy-nouns, --attention or video)")
+    return {**{k: ckpt[k] for k in PAYLOAD_KEYS if k in ckpt}, "decoder_state": ckpt["decoder_state"]}
+
+
+def fluent_from_payload(payload: dict[str, Any], shared: Vocabulary, feature_dim: int,
+                        path: str = "checkpoint") -> FluentDecoder:
+    try:
+        own = Vocabulary.from_dict(payload["vocab"])
+        cfg = ModelConfig.from_dict(payload["model_config"])
+        decoder = CaptionDecoder(len(own), feature_dim, cfg)
+        decoder.load_state_dict(payload["decoder_state"])
+        return FluentDecoder(decoder, own, shared, {k: payload[k] for k in PAYLOAD_KEYS if k in payload})
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: bad fluent decoder: {str(exc).splitlines()[0]}") from None
+
+
+class _WithPerson:
+    """A decoder whose state also carries a person detector's logits (B,), for decoding's person gate."""
+
+    def __init__(self, decoder, person_logit: torch.Tensor):
+        self.decoder, self.person_logit = decoder, person_logit
+
+    def init_state(self, features: torch.Tensor) -> State:
+        return {**self.decoder.init_state(features), "person_logit": self.person_logit}
+
+    def step(self, tokens: torch.Tensor, state: State):
+        return self.decoder.step(tokens, state)
+
+
+@torch.no_grad()
+def decode_model(model, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig) -> list[list[Hypothesis]]:
+    """features (B,P,E) -> hypotheses per input: the grounded decoder's, or for a model with a fluent decoder
+    (and cfg.fluent) the rule of this module."""
+    fluent = getattr(model, "fluent", None)
+    if fluent is None or not cfg.fluent:
+        return decode(model.decoder, features, vocab, cfg)
+    state = model.decoder.init_state(features)
+    person = state.get("person_logit")
+    hyps = decode(fluent if person is None else _WithPerson(fluent, person), features, vocab,
+                  replace(cfg, require_object=False, person_prob=cfg.fluent_person_prob))
+    if "cand_ids" not in state:
+        return hyps
+    sure = state["cand_logp"] >= math.log(cfg.ground_prob)  # (B,K)
+    nouns = [[vocab.itos[i] for i, ok in zip(ids, oks) if ok]
+             for ids, oks in zip(state["cand_ids"].tolist(), sure.tolist())]
+    todo = [b for b, h in enumerate(hyps)
+            if nouns[b] and not (h and names_any([vocab.itos[t] for t in h[0].tokens], nouns[b]))]
+    if todo:
+        for b, h in zip(todo, decode(model.decoder, features[todo], vocab, cfg)):
+            hyps[b] = h
+    return hyps
