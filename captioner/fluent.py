@@ -126,4 +126,8 @@ def decode_model(model, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeCo
     if todo:
         for b, h in zip(todo, decode(model.decoder, features[todo], vocab, cfg)):
             hyps[b] = h
+    handed = set(todo)
+    for b, h in enumerate(hyps):
+        for hyp in h:
+            hyp.decoder = "grounded" if b in handed else "fluent"
     return hyps

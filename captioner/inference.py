@@ -46,6 +46,7 @@ class CaptionResult:
     # What the CNN sees: ImageNet-derived nouns with probabilities (nouns.py); empty if the encoder has no
     # pretrained classifier.
     candidates: list[Candidate] = field(default_factory=list)
+    decoders: list[str | None] = field(default_factory=list)  # per caption, models with two decoders (fluent.py)
     error: str | None = None  # set instead of captions when the input could not be read
 
     @property
@@ -131,6 +132,7 @@ class Captioner:
                     results[i].scores = [h.score for h in hyps]
                     results[i].finished = [h.finished for h in hyps]
                     results[i].attention = [h.attention for h in hyps]
+                    results[i].decoders = [h.decoder for h in hyps]
         return results
 
     def caption_video(self, path: str | os.PathLike, **decode_options) -> CaptionResult:

@@ -99,8 +99,9 @@ def test_the_fluent_caption_stands_unless_it_misses_a_noun_the_cnn_is_sure_of(me
     cfg = DecodeConfig(method=method, beam_size=2, no_repeat_words=True, ground_prob=0.5)
     # row 0: the CNN is 90 % sure of a snake the fluent caption does not name -> the grounded caption;
     # row 1: 20 % sure, under ground_prob -> the fluent caption
-    assert words(decode_model(model, feats, SHARED, cfg), SHARED) == ["a snake in the grass",
-                                                                     "a man sitting on the grass"]
+    hyps = decode_model(model, feats, SHARED, cfg)
+    assert words(hyps, SHARED) == ["a snake in the grass", "a man sitting on the grass"]
+    assert [h[0].decoder for h in hyps] == ["grounded", "fluent"]  # --json says which one wrote it
     # sure of both at 0.1; at 1.0 of neither; without the fluent decoder, the grounded one alone
     assert words(decode_model(model, feats, SHARED, DecodeConfig(method=method, ground_prob=0.1)),
                  SHARED) == ["a snake in the grass"] * 2

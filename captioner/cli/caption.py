@@ -45,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps({"file": r.source, "error": r.error}))
         elif args.json:
             print(json.dumps({"file": r.source, "caption": r.caption, "log_prob": round(r.log_probs[0], 4),
-                              "captions": [{"caption": c, "log_prob": round(s, 4), "score": round(k, 4), "finished": f}
-                                           for c, s, k, f in zip(r.captions, r.log_probs, r.scores, r.finished)],
+                              "captions": [{"caption": c, "log_prob": round(s, 4), "score": round(k, 4), "finished": f,
+                                            **({"decoder": d} if d else {})}
+                                           for c, s, k, f, d in zip(r.captions, r.log_probs, r.scores, r.finished,
+                                                                    r.decoders)],
                               "candidates": [{"word": c.word, "prob": c.prob} for c in r.candidates]}))
         elif len(r.captions) == 1:
             print(f"{r.source}\t{r.caption}")
