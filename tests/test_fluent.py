@@ -181,3 +181,18 @@ def test_a_plain_decoder_is_what_may_be_carried():
     ckpt = {"model_config": ModelConfig(copy_nouns=4).to_dict(), "decoder_state": {}}
     with pytest.raises(ValueError, match="plain image decoder"):
         fluent_payload(ckpt)
+
+
+def test_training_from_a_two_decoder_model_trains_and_keeps_the_grounded_one(tmp_path, feature_cache):
+    from conftest import COCO_MINI_TRAIN, COCO_MINI_TRAIN_IMAGES
+
+    model = copy_model_with_fluent()
+    save_checkpoint(tmp_path / "both.pt", model_payload(model, SHARED))
+    proc = subprocess.run([sys.executable, "-m", "captioner.cli", "train", "--data", str(COCO_MINI_TRAIN),
+                           "--images", str(COCO_MINI_TRAIN_IMAGES), "--init", str(tmp_path / "both.pt"), "--epochs",
+                           "1", "--batch-size", "16", "--cache-dir", feature_cache, "--quiet", "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "trains and keeps its grounded decoder only" in proc.stdout + proc.stderr
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert "fluent" not in ckpt and ckpt["model_config"]["copy_nouns"] == 4

@@ -231,6 +231,10 @@ def _train(args: argparse.Namespace, model_overrides: dict[str, Any], train_over
         tcfg = TrainConfig.from_dict({**resume["train_config"], **train_overrides})
     elif init is not None:
         model, vocab = model_from_checkpoint(init, args.init)
+        if model.fluent is not None:  # training makes one decoder; a fluent one is paired with it when shipped
+            log(f"note: {args.init} also has a fluent decoder (fluent.py); the new run trains and keeps its "
+                f"grounded decoder only")
+            model.fluent = None
         tcfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **train_overrides})
     else:
         mcfg = ModelConfig.from_dict({**ModelConfig().to_dict(), **model_overrides})
