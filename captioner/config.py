@@ -196,6 +196,8 @@ class DecodeConfig:
     require_prob: float = 0.5  # how sure the CNN must be of a noun for --require-object to insist on it
     # a content word (not grounding.FUNCTION_WORDS) may be said only once: no "a cat on top of a cat"
     no_repeat_words: bool = False
+    # a caption may not end with an article, preposition or "is" (decoding.BAD_ENDINGS): no "... with a"
+    no_bad_endings: bool = True
     # models with a person detector (ModelConfig.person_gate): person words only where it says there is one
     person_gate: bool = False
     person_prob: float = 0.5  # how sure the detector must be of a person before a caption may say one

@@ -29,6 +29,10 @@ from .vocab import Vocabulary
 State = dict[str, torch.Tensor]
 StepFn = Callable[[torch.Tensor, State], "tuple[torch.Tensor, State]"]
 NEG_INF = float("-inf")
+# Words a caption may not end with (DecodeConfig.no_bad_endings). Self-critical training learns to end on them
+# ("a cat sitting on a table with a"): CIDEr-D still pays for the n-grams before. The list is the one
+# ruotianluo/self-critical.pytorch removes at decoding (its --remove_bad_endings).
+BAD_ENDINGS = frozenset("a an the in for at of with before after on upon near to is are am".split())
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Rules:
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     once: torch.Tensor | None = None  # (V,) bool: words that may be said at most once (content words)
+    no_end: torch.Tensor | None = None  # (V,) bool: words a caption may not end with (BAD_ENDINGS)
 
     def apply(self, log_probs: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
         """log_probs (N,V), seqs (N,t) words so far -> adjusted scores (N,V); forbidden tokens at -inf."""
@@ -59,6 +64,9 @@ class Rules:
             out[:, list(self.banned)] = NEG_INF
         if seqs.size(1) < self.min_len:
             out[:, self.eos_id] = NEG_INF
+        if self.no_end is not None and seqs.size(1):
+            ends_badly = self.no_end.to(out.device)[seqs[:, -1]]  # (N,)
+            out[:, self.eos_id] = out[:, self.eos_id].masked_fill(ends_badly, NEG_INF)
         if self.repetition_penalty != 1.0 and seqs.size(1):
             # log-probs are <= 0, so multiplying by the penalty (> 1) lowers tokens already said.
             said = torch.zeros_like(out, dtype=torch.bool).scatter_(1, seqs, True)  # (N,V)
@@ -78,10 +86,12 @@ class Rules:
 
 def rules_for(cfg: DecodeConfig, vocab: Vocabulary) -> Rules:
     banned = (vocab.pad_id, vocab.bos_id) + ((vocab.unk_id,) if cfg.suppress_unk else ())
-    once = None
+    once = no_end = None
     if cfg.no_repeat_words:
         once = torch.tensor([w.isalpha() and w not in FUNCTION_WORDS for w in vocab.itos])  # (V,)
-    return Rules(vocab.eos_id, cfg.min_len, banned, cfg.no_repeat_ngram_size, cfg.repetition_penalty, once)
+    if cfg.no_bad_endings:
+        no_end = torch.tensor([w in BAD_ENDINGS for w in vocab.itos])  # (V,)
+    return Rules(vocab.eos_id, cfg.min_len, banned, cfg.no_repeat_ngram_size, cfg.repetition_penalty, once, no_end)
 
 
 def length_penalty(length: int, alpha: float) -> float:

@@ -2,7 +2,7 @@
 
 1. choose the search on **val**: greedy, and beam 3 / 5 with length penalty 0.5, 1.0, 1.5, the best by val BLEU-4
    (ties: CIDEr-D). Set by construction, not chosen: a content word is said at most once (`no_repeat_words`: no
-   "a cat on top of a cat"), and a model with a person detector says a person only where it fires
+   "a cat on top of a cat"), no caption ends with an article or preposition (`no_bad_endings`), and a model with a person detector says a person only where it fires
    (`person_gate`);
 2. on **everyday** (the development set of photos from outside COCO): for a model with a person detector, the
    least strict `--person-prob` (0.5 .. 0.9) at which at most 15 % of its person-free photos are captioned with
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         ckpt.pop("fluent", None)  # the grounded decoder's choices are made on it alone
         cap = load_as_shipped(ckpt, args.out)
         model_cfg = cap.model.cfg
-        fixed = {"no_repeat_words": True, "person_gate": model_cfg.person_gate, "fluent": False}
+        fixed = {"no_repeat_words": True, "no_bad_endings": True, "person_gate": model_cfg.person_gate, "fluent": False}
         rows = []
         for cfg in GRID:
             report, _ = evaluate(cap, val, replace(cfg, **fixed), meteor=False, progress=False)

@@ -160,6 +160,30 @@ def test_min_len_forbids_early_end():
         assert len(h[0].tokens) >= 4
 
 
+def test_a_caption_does_not_end_on_a_word_it_may_not_end_with():
+    # "A B" then EOS is the likeliest caption; B (think "with a") may not end one: "A B C" instead
+    tree = Tree({(): {A: 1.0}, (A,): {B: 0.9, C: 0.1}, (A, B): {EOS: 0.8, C: 0.2}, (A, B, C): {EOS: 1.0},
+                 (A, C): {EOS: 1.0}})
+    no_end = torch.zeros(V, dtype=torch.bool)
+    no_end[B] = True
+    rules = Rules(eos_id=EOS, banned=(PAD, BOS), no_end=no_end)
+    assert run_beam(tree, tree.state(1), 1, 2)[0][0].tokens == [A, B]
+    for hyps in (run_beam(tree, tree.state(1), 1, 2, rules=rules), greedy(tree, tree.state(1), 1, BOS, 10, rules)):
+        assert hyps[0][0].tokens == [A, B, C] and hyps[0][0].finished
+
+
+def test_the_default_decoding_never_ends_on_an_article_or_preposition():
+    from captioner.config import DecodeConfig
+    from captioner.decoding import BAD_ENDINGS, rules_for
+    from captioner.vocab import SPECIALS, Vocabulary
+
+    vocab = Vocabulary(list(SPECIALS) + "a dog with the grass".split())
+    rules = rules_for(DecodeConfig(), vocab)
+    assert [vocab.itos[i] for i in rules.no_end.nonzero().flatten().tolist()] == ["a", "with", "the"]
+    assert {"a", "an", "the", "with", "of", "on"} <= BAD_ENDINGS
+    assert rules_for(DecodeConfig(no_bad_endings=False), vocab).no_end is None
+
+
 def test_no_repeat_ngram_blocks_a_repeated_trigram():
     step = markov_from({BOS: {A: 1.0}, A: {B: 0.9, EOS: 0.1}, B: {C: 0.9, D: 0.05, EOS: 0.05},
                         C: {A: 0.8, D: 0.1, EOS: 0.1}, D: {EOS: 0.6, A: 0.4}})

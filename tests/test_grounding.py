@@ -117,8 +117,9 @@ def test_content_words_are_said_once_with_no_repeat_words():
         return vocab.decode(hyp[0][0].tokens)
 
     assert run(DecodeConfig(method="greedy")) == "a cat on top of a cat"
-    # the second "cat" is banned; "a", "on", "of" (function words) may come again
-    assert run(DecodeConfig(method="greedy", no_repeat_words=True)) == "a cat on top of a"
+    # the second "cat" is banned; "a", "on", "of" (function words) may come again (and, for this script, may
+    # end the caption: the default rule against that is decoding's no_bad_endings, tested there)
+    assert run(DecodeConfig(method="greedy", no_repeat_words=True, no_bad_endings=False)) == "a cat on top of a"
 
 
 def test_training_on_two_sources_records_both(tmp_path, feature_cache):
@@ -227,9 +228,14 @@ def test_the_shipped_default_decodes_grounded_and_names_a_subject_coco_has_no_wo
     ckpt = load_checkpoint(default_checkpoint())
     decode = ckpt["decode_config"]
     assert decode["no_repeat_words"] and decode["person_gate"] and decode["require_object"]
+    assert decode["fluent"] and decode["no_bad_endings"]
     assert ckpt["model_config"]["copy_nouns"] and ckpt["model_config"]["concepts"]
+    assert ckpt["fluent"]["model_config"]["copy_nouns"] == 0  # and a fluent COCO decoder beside it
     assert "grounding" in ckpt["held_out_scores"] and ckpt["held_out_scores"]["everyday_grid"]
     cap = Captioner.load(default_checkpoint(), device="cpu")
     result = cap.caption_detailed([str(DATA / "everyday" / "images" / "wolf_snow.jpg")])[0]
     assert result.candidates[0].word == "wolf" and "wolf" not in cap.vocab.itos[:cap.vocab.generated]
     assert "wolf" in result.caption.split(), result.caption  # copied: no training caption says it
+    assert result.decoders == ["grounded"]  # the fluent caption did not name the wolf the CNN is sure of
+    coco = cap.caption_detailed([str(DATA / "coco2017" / "images" / "000000000285.jpg")])[0]
+    assert coco.decoders == ["fluent"] and "bear" in coco.caption, coco  # a COCO photo: the fluent caption

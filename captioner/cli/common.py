@@ -56,6 +56,8 @@ def add_decode_flags(p: argparse.ArgumentParser) -> None:
                    help="how sure the person detector must be before a caption may say a person")
     g.add_argument("--allow-repeat-words", dest="no_repeat_words", action="store_false",
                    help="allow a content word to be said again")
+    g.add_argument("--allow-bad-endings", dest="no_bad_endings", action="store_false", default=None,
+                   help="let a caption end with an article or a preposition (\"... with a\"; forbidden by default)")
     g.add_argument("--no-fluent", dest="fluent", action="store_false", default=None,
                    help="models with a fluent decoder too: caption with the grounded decoder alone")
     g.add_argument("--ground-prob", dest="ground_prob", type=float,
