@@ -15,7 +15,8 @@ Then peak memory: `python -m captioner batch` in a subprocess over --memory-file
 peak RSS (main process and its reaped workers, from wait4) must not grow with the number of files.
 
     python scripts/bench_batch.py [--checkpoint assets/default.pt] [--files 512] [--batch-size 32]
-        [--workers N] [--beam-size 3] [--repeats 1] [--memory-files 128 (0 = skip)]
+        [--workers N] [--beam-size K (default: the checkpoint's own, what `captioner batch` uses)]
+        [--repeats 1] [--memory-files 128 (0 = skip)]
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--files", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--beam-size", type=int, default=3)
+    p.add_argument("--beam-size", type=int, default=None, help="default: the checkpoint's (batch's default)")
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--memory-files", type=int, default=128, help="memory check at N and 4N files; 0 = skip")
@@ -125,6 +126,7 @@ def main(argv=None) -> int:
     sources = list(iter_inputs([a.images], IMAGE_EXTENSIONS))
     caps = {e: Captioner.load(a.checkpoint, device=a.device, engine=e) for e in ("torch", "onnx")}
     cap = caps["torch"]
+    a.beam_size = a.beam_size or cap.decode_config.beam_size
     cfg = replace(cap.decode_config, method="beam", beam_size=a.beam_size, num_captions=1)
     model = model_id(a.checkpoint)
     print(f"{len(sources)} real images in {a.images} -> {a.files} files; {a.checkpoint} "
