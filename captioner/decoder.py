@@ -118,6 +118,7 @@ class CaptionDecoder(nn.Module):
         self.person_head = nn.Linear(feature_dim, 1) if cfg.person_gate else None
         if cfg.tie_weights:
             self.fc.weight = self.embed.weight
+        self._word_gates: tuple[tuple, torch.Tensor] | None = None  # decoding's table, see _input_gates
 
     # --- state -------------------------------------------------------------------------------------------
     def init_state(self, features: torch.Tensor) -> State:
@@ -162,9 +163,52 @@ class CaptionDecoder(nn.Module):
         logits = self._logits(out)
         return logits if self.copy is None else self.copy.mix(logits, out, x, state, hide)
 
+    # --- decoding's LSTM step -------------------------------------------------------------------------------
+    # Without attention a 1-layer LSTM's input is the word's embedding (and the image's concept vector, the same
+    # at every step), so its input-to-gates product need not be recomputed per step: a table of it per word
+    # (V,4H), made once per set of weights, and the concept's share once per image, leave one matmul per step
+    # (h W_hh^T). The same equations as nn.LSTM (gates i, f, g, o); within float rounding of it (tested).
+    use_gate_table = True  # False: decoding steps nn.LSTM too (scripts/bench_decode.py compares the two)
+
+    def _fast_step(self) -> bool:
+        return (self.use_gate_table and self.is_lstm and self.attention is None and self.cfg.num_layers == 1 and not self.training
+                and not torch.is_grad_enabled())
+
+    def _input_gates(self) -> torch.Tensor:
+        """(V,4H): embed(w) W_ih[:, :D]^T + b_ih + b_hh for every word w (copy-only words by their copy
+        embedding), remade when any weight it depends on changes (a new tensor or an in-place update)."""
+        weights = [self.embed.weight, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0, self.rnn.bias_hh_l0]
+        if self.copy is not None:
+            weights += list(self.copy.copy_embed.parameters()) + [self.copy.noun_visual]
+        key = tuple((id(w), w._version, w.device, w.dtype) for w in weights)
+        if self._word_gates is None or self._word_gates[0] != key:
+            D = self.cfg.embed_dim
+            words = self._embed(torch.arange(self.vocab_size, device=self.embed.weight.device))  # (V,D)
+            table = torch.addmm(self.rnn.bias_ih_l0 + self.rnn.bias_hh_l0, words, self.rnn.weight_ih_l0[:, :D].t())
+            self._word_gates = (key, table)
+        return self._word_gates[1]
+
+    def _lstm_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (B,) -> top-layer output (B,H), new state (with "concept_gates" (B,4H) kept for the next steps)."""
+        new: State = dict(state)
+        gates = self._input_gates()[tokens]  # (B,4H)
+        if "concept" in state:
+            if "concept_gates" not in state:
+                new["concept_gates"] = state["concept"] @ self.rnn.weight_ih_l0[:, self.cfg.embed_dim:].t()
+            gates = gates + new["concept_gates"]
+        gates = torch.addmm(gates, state["h"][:, 0], self.rnn.weight_hh_l0.t())
+        i, f, g, o = gates.chunk(4, dim=1)  # (B,H) each
+        c = torch.sigmoid(f) * state["c"][:, 0] + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        new["h"], new["c"] = h.unsqueeze(1), c.unsqueeze(1)  # (B,1,H)
+        return h, new
+
     def _advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
         """One recurrent step: tokens (B,) -> top-layer output (B,H), the input embedding (B,D), new state."""
         x = emb = self._embed(tokens)  # (B,D)
+        if self._fast_step():
+            out, new = self._lstm_step(tokens, state)
+            return out, emb, new
         new: State = dict(state)
         if self.attention is not None:
             h_top = state["h"][:, -1]  # (B,H)

@@ -6,7 +6,9 @@ list of K (tokens, score, state) beams, one decoder.step on the K beams stacked,
 follows the package's beam-search rules exactly (raw sum of log-probs; PAD/BOS/UNK banned; EOS banned before
 min_len words; EOS kept only when ranked within the top K of the 2K candidates; an image stops once its best
 live beam cannot beat its best finished caption; live beams are the fallback at max_len), so both must give
-identical captions, which is asserted.
+identical captions, which is asserted. Beam K batched is also timed with the decoder stepping nn.LSTM
+(`CaptionDecoder.use_gate_table = False`) instead of its per-word table of input gates (decoder._lstm_step):
+same captions asserted, speed-up printed.
 
     python scripts/bench_decode.py --checkpoint runs/demo/best.pt [--images DIR_OR_ANNOTATION] [--n 256]
         [--batch-size 64] [--repeats 1]
@@ -102,6 +104,15 @@ def timed(fn, repeats: int):
     return best, result
 
 
+def without_gate_table(dec, fn):
+    """fn() with the decoder stepping nn.LSTM rather than its table of input gates."""
+    dec.use_gate_table = False
+    try:
+        return fn()
+    finally:
+        dec.use_gate_table = True
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True)
@@ -134,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     for k in args.beams:
         methods[f"beam {k} batched"] = lambda f, k=k: batched(dec, f, vocab, beam_cfg(k), args.batch_size)
         methods[f"beam {k} one-at-a-time"] = lambda f, k=k: [beam_one(dec, x, vocab, k) for x in f]
+        methods[f"beam {k} nn.LSTM step"] = lambda f, k=k: without_gate_table(
+            dec, lambda: batched(dec, f, vocab, beam_cfg(k), args.batch_size))
     for fn in methods.values():  # warm-up: allocator, thread pool, first-call overheads
         fn(feats[:8])
     seconds, captions = {}, {}
@@ -153,12 +166,17 @@ def main(argv: list[str] | None = None) -> None:
     last = f"beam {args.beams[-1]} one-at-a-time"
     for k in args.beams:
         print(f"beam {k}: batched is {speedup(f'beam {k} one-at-a-time', f'beam {k} batched')} the one-at-a-time loop")
+        print(f"beam {k}: the gate-table LSTM step is {speedup(f'beam {k} nn.LSTM step', f'beam {k} batched')} "
+              f"nn.LSTM")
     print(f"greedy batched is {speedup(last, 'greedy batched')} the {last} loop")
 
     mismatches = {}
     for k in args.beams:
         a, b = captions[f"beam {k} batched"], captions[f"beam {k} one-at-a-time"]
         mismatches[k] = [i for i in range(n) if a[i] != b[i]]
+        lstm = captions[f"beam {k} nn.LSTM step"]
+        print(f"beam {k}: {sum(x == y for x, y in zip(a, lstm))}/{n} captions identical with the nn.LSTM step")
+        assert a == lstm, "the gate-table LSTM step and nn.LSTM disagree"
         print(f"beam {k}: {n - len(mismatches[k])}/{n} captions identical")
         for i in mismatches[k][:5]:
             print(f"  {paths[i]}\n    batched: {vocab.decode(a[i])}\n    one:     {vocab.decode(b[i])}")

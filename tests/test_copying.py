@@ -43,10 +43,12 @@ def test_mixture_is_normalised_and_stepping_equals_teacher_forcing(kw, positions
     out = model.decoder(feats, tokens)
     assert out.logits.shape == (B, T, len(vocab))
     assert torch.allclose(out.logits.logsumexp(-1), torch.zeros(B, T), atol=1e-4)  # log-probs of a distribution
-    state = model.decoder.init_state(feats)
-    for t in range(T):
-        log_probs, state = model.decoder.step(tokens[:, t], state)
-        assert torch.allclose(log_probs, out.logits[:, t], atol=1e-4)
+    for grad in (True, False):  # without grad, decoding's LSTM step (a per-word table of input gates)
+        with torch.set_grad_enabled(grad):
+            state = model.decoder.init_state(feats)
+            for t in range(T):
+                log_probs, state = model.decoder.step(tokens[:, t], state)
+                assert torch.allclose(log_probs, out.logits[:, t], atol=1e-4)
 
 
 @torch.no_grad()

@@ -59,6 +59,31 @@ def test_teacher_forcing_equals_stepping(rnn, attention):
         assert torch.allclose(log_probs, torch.log_softmax(logits[:, t], -1), atol=1e-5)
 
 
+@pytest.mark.parametrize("kw", [{}, {"temporal": "mean", "num_frames": 4}], ids=["image", "video-mean"])
+def test_decoding_lstm_step_equals_nn_lstm_and_follows_weight_changes(kw):
+    """Decoding (no grad, eval) steps a 1-layer LSTM from a per-word table of input gates (decoder._lstm_step);
+    teacher forcing (nn.LSTM, the fused sequence) is the reference, also after the weights change in place."""
+    torch.manual_seed(0)
+    dec = CaptionDecoder(V, E, small_cfg(num_layers=1, **kw)).eval()
+    feats, tokens = torch.randn(B, P, E), torch.randint(1, V, (B, T))
+
+    def check():
+        logits = dec(feats, tokens).logits
+        with torch.no_grad():
+            state = dec.init_state(feats)
+            for t in range(T):
+                log_probs, state = dec.step(tokens[:, t], state)
+                assert torch.allclose(log_probs, torch.log_softmax(logits[:, t], -1), atol=1e-5)
+        assert dec._word_gates is not None  # the table path ran
+    check()
+    with torch.no_grad():  # in place, as load_state_dict does: the table must not go stale
+        dec.embed.weight.mul_(2.0)
+        dec.rnn.bias_ih_l0.add_(0.5)
+    check()
+    dec.load_state_dict(CaptionDecoder(V, E, small_cfg(num_layers=1, **kw)).state_dict())
+    check()
+
+
 @pytest.mark.parametrize("rnn", ["lstm", "gru"])
 def test_loss_over_real_words_only_equals_the_masked_loss(rnn):
     """Given the targets, the fast path runs the output layer on non-PAD positions only: same loss, same grads."""
