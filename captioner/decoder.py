@@ -171,8 +171,8 @@ class CaptionDecoder(nn.Module):
     use_gate_table = True  # False: decoding steps nn.LSTM too (scripts/bench_decode.py compares the two)
 
     def _fast_step(self) -> bool:
-        return (self.use_gate_table and self.is_lstm and self.attention is None and self.cfg.num_layers == 1 and not self.training
-                and not torch.is_grad_enabled())
+        return (self.use_gate_table and self.is_lstm and self.attention is None and self.cfg.num_layers == 1
+                and not self.training and not torch.is_grad_enabled())
 
     def _input_gates(self) -> torch.Tensor:
         """(V,4H): embed(w) W_ih[:, :D]^T + b_ih + b_hh for every word w (copy-only words by their copy

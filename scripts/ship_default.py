@@ -2,8 +2,8 @@
 
 1. choose the search on **val**: greedy, and beam 3 / 5 with length penalty 0.5, 1.0, 1.5, the best by val BLEU-4
    (ties: CIDEr-D). Set by construction, not chosen: a content word is said at most once (`no_repeat_words`: no
-   "a cat on top of a cat"), no caption ends with an article or preposition (`no_bad_endings`), and a model with a person detector says a person only where it fires
-   (`person_gate`);
+   "a cat on top of a cat"), no caption ends with an article or preposition (`no_bad_endings`), and a model
+   with a person detector says a person only where it fires (`person_gate`);
 2. on **everyday** (the development set of photos from outside COCO): for a model with a person detector, the
    least strict `--person-prob` (0.5 .. 0.9) at which at most 15 % of its person-free photos are captioned with
    a person (a stricter gate costs in-domain BLEU, where 80 % of the photos show people); for copy models, how
