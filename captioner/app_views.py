@@ -114,6 +114,14 @@ def model_info_markdown(info: dict[str, Any], decode: DecodeConfig) -> str:
     scores = [(k, v) for k, v in _flatten(info.get("scores")) if k and v is not None]
     rows.append(("Scores", ", ".join(f"{k} {_fmt(v)}" for k, v in scores[:12]) if scores
                  else "not recorded in this checkpoint"))
+    fluent = info.get("fluent")
+    if fluent:
+        fc, fd = fluent.get("model_config") or {}, fluent.get("data") or {}
+        trained = f" on `{os.path.basename(str(fd['data']))}` alone" if fd.get("data") else ""
+        kind = f"fluent {str(fc.get('rnn', '?')).upper()} (hidden {fc.get('hidden_dim', '?')})"
+        used = (f"{kind}{trained}: its caption is the one shown unless the CNN is at least {decode.ground_prob:.0%} "
+                f"sure of a noun it does not name")
+        rows.append(("Second decoder", used if decode.fluent else "present, not used (fluent decoding off)"))
     rows.append(("Default decoding", f"{decode.method}" + (f", beam {decode.beam_size}, length penalty "
                  f"{decode.length_penalty:g}" if decode.method == "beam" else "") + f", max {decode.max_len} words"))
     if info.get("captioner_version"):

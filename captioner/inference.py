@@ -93,6 +93,8 @@ class Captioner:
         info = {"checkpoint": os.path.abspath(path), **{k: ckpt.get(k) for k in
                 ("model_config", "encoder", "data", "scores", "train_config", "captioner_version", "epoch")},
                 "vocab_size": len(vocab)}
+        if model.fluent is not None:  # its second decoder (fluent.py): what it is and was trained on
+            info["fluent"] = {k: model.fluent.meta.get(k) for k in ("model_config", "data", "epoch")}
         cap = cls(model, vocab, dev, decode or default, info, engine=engine)
         if encoder is None and cap.engine == "onnx":
             remember_source(ckpt, cap.model.encoder)

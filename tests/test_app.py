@@ -275,6 +275,12 @@ def test_model_info_panel(server):
                                                      "train_images": 2266}, "scores": {"val": {"BLEU-4": 0.1234}}},
                                cap.decode_config)
     assert "`captions_train.json`, coco format, 2,266 images" in text and "val.BLEU-4 0.1234" in text
+    assert "Second decoder" not in text
+    two = {**cap.info, "fluent": {"model_config": {"rnn": "lstm", "hidden_dim": 512},
+                                  "data": {"data": "/x/captions_train.json"}}}
+    text = model_info_markdown(two, cap.decode_config)
+    assert ("Second decoder | fluent LSTM (hidden 512) on `captions_train.json` alone: its caption is the one shown "
+            "unless the CNN is at least 30% sure of a noun it does not name") in text, text
 
 
 def test_build_app_with_and_without_examples(server, image, tmp_path):
