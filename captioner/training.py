@@ -59,7 +59,9 @@ def validate(model: CaptionModel, val_set: CaptionSet, val_feats: torch.Tensor, 
         loss, n_tok = teacher_forced_loss(model, feats.to(device).float(), captions.to(device))
         loss_sum += float(loss) * n_tok
         tokens += n_tok
-    greedy = DecodeConfig(method="greedy", max_len=cfg.max_len)
+    # the model's own greedy captions: the decoding rules a shipped model adds (no bad endings, ...) are chosen
+    # after training (scripts/ship_default.py), so they do not choose its epoch
+    greedy = DecodeConfig(method="greedy", max_len=cfg.max_len, no_bad_endings=False)
     with tqdm(total=len(val_feats), desc="generating", disable=not progress, leave=False) as bar:
         hyps = Captioner(model, vocab, device, greedy, engine="torch").best_captions(val_feats, greedy,
                                                                                      cfg.batch_size, bar.update)

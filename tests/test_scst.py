@@ -61,6 +61,26 @@ def test_samples_end_in_eos_when_finished(trained):
         assert ids[-1] == vocab.eos_id or len(ids) == 4
 
 
+def test_samples_are_the_models_own_even_where_decoding_would_forbid_the_ending():
+    """SCST samples what the model says, "... with a" endings too (the shipped decoding forbids those, but the
+    reward must see them to learn anything about them)."""
+    vocab = Vocabulary(list(SPECIALS) + ["a"])
+
+    class SaysA:  # scripted: "a", then EOS for sure
+        def init_state(self, feats):
+            return {"t": torch.zeros(feats.size(0), dtype=torch.long)}
+
+        def step(self, tokens, state):
+            logp = torch.full((tokens.size(0), len(vocab)), float("-inf"))
+            first = state["t"] == 0
+            logp[first, vocab.stoi["a"]] = 0.0
+            logp[~first, vocab.eos_id] = 0.0
+            return logp, {"t": state["t"] + 1}
+
+    rows = sample_captions(SaysA(), torch.zeros(2, 1, 4), vocab, k=2, max_len=5)
+    assert rows == [[vocab.stoi["a"], vocab.eos_id]] * 4
+
+
 def test_scst_raises_the_cider_of_a_real_models_own_samples(trained, tmp_path, feature_cache):
     """A tiny LSTM trained 10 cross-entropy epochs on 8 real images, then SCST: its sampled captions score
     clearly higher against the references (0.42 -> 0.81 mean CIDEr-D when written)."""
