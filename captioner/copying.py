@@ -111,8 +111,14 @@ class CopyHead(nn.Module):
             shape = (*h.shape[:2], cand_ids.size(1))  # (B,T,K)
             cand_logp, cand_ids = cand_logp.unsqueeze(1).expand(shape), cand_ids.unsqueeze(1).expand(shape)
         copy = F.log_softmax(cand_logp, dim=-1)  # (...,K)
-        copied = torch.full_like(gen, IMPOSSIBLE).scatter(-1, cand_ids, copy)  # (...,V); candidates are distinct
-        return torch.logaddexp(F.logsigmoid(z) + gen, F.logsigmoid(-z) + copied)
+        # log(g P_vocab + (1-g) P_copy), with P_copy zero but at the K candidates: elsewhere the copy term is
+        # exp(IMPOSSIBLE) = 0 beside a generated word (logaddexp returns the generated term exactly), so the
+        # mixture is computed at the candidates and at the copy-only words only, not over all V words per step.
+        via_gen, via_copy = F.logsigmoid(z) + gen, F.logsigmoid(-z)  # (...,V), (...,1)
+        G = self.gen_size
+        out = torch.cat([via_gen[..., :G], torch.logaddexp(via_gen[..., G:], via_copy + IMPOSSIBLE)], dim=-1)
+        at_cands = torch.logaddexp(via_gen.gather(-1, cand_ids), via_copy + copy)  # (...,K); candidates distinct
+        return out.scatter(-1, cand_ids, at_cands)
 
     def trainable_targets(self, targets: torch.Tensor, state: State, unk_id: int) -> torch.Tensor:
         """Copy-only target words that are not among the image's candidates cannot be produced: they become

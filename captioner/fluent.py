@@ -15,9 +15,10 @@ for a baboon). A model may carry both over its one encoder (checkpoint key "flue
 
 Nothing is trained for the rule, and it fails safe: where the CNN is unsure, or sure and the fluent caption
 agrees, the fluent caption stands; only a disagreement hands the photo to the decoder built to say what the
-CNN sees. Both decoders speak one vocabulary, the grounded model's: the fluent decoder's own words are a
-subset of it (it was built from a subset of the same captions with the same minimum count), and its output is
-placed there with every other word at -inf, so hypotheses, rules and text are the same for both.
+CNN sees. Both decoders answer in one vocabulary, the grounded model's: the fluent decoder's own words are a
+subset of it (it was built from a subset of the same captions with the same minimum count); it is searched in
+its own words (the same search as in the shared vocabulary with every other word at -inf, at less cost per
+step) and its hypotheses are written in shared ids, so rules downstream and text are the same for both.
 
 Shapes: B batch, P positions, E feature, V the shared vocabulary, W the fluent decoder's own vocabulary.
 """
@@ -32,7 +33,7 @@ from torch import nn
 
 from .config import DecodeConfig, ModelConfig
 from .decoder import CaptionDecoder, State
-from .decoding import NEG_INF, Hypothesis, decode
+from .decoding import Hypothesis, decode
 from .errors import CheckpointError
 from .grounding import names_any
 from .vocab import Vocabulary
@@ -42,7 +43,8 @@ PAYLOAD_KEYS = ("model_config", "vocab", "train_config", "data", "scores", "held
 
 
 class FluentDecoder(nn.Module):
-    """A CaptionDecoder trained with its own vocabulary (W words), stepping in the shared one (V words)."""
+    """A CaptionDecoder trained with its own vocabulary (W words), searched in it and answering in the shared
+    one (V words)."""
 
     def __init__(self, decoder: CaptionDecoder, own: Vocabulary, shared: Vocabulary, meta: dict[str, Any]):
         super().__init__()
@@ -51,22 +53,21 @@ class FluentDecoder(nn.Module):
             raise ValueError(f"the fluent decoder's vocabulary has {len(missing)} words the model's lacks "
                              f"(e.g. {missing[0]!r}); train it on a subset of the model's captions")
         self.decoder = decoder
+        self.own = own
         self.meta = meta  # PAYLOAD_KEYS of its checkpoint: what it was trained on, and how
-        to_shared = torch.tensor([shared.stoi[w] for w in own.itos[: own.generated]])  # (W,)
-        from_shared = torch.full((len(shared),), Vocabulary.unk_id, dtype=torch.long)
-        from_shared[to_shared] = torch.arange(len(to_shared))
-        self.register_buffer("to_shared", to_shared, persistent=False)
-        self.register_buffer("from_shared", from_shared, persistent=False)  # (V,) UNK where it has no word
-        self.shared_size = len(shared)
+        self.to_shared = [shared.stoi[w] for w in own.itos[: own.generated]]  # (W,) shared id of each own word
 
-    def init_state(self, features: torch.Tensor) -> State:
-        return self.decoder.init_state(features)
-
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """tokens (B,) in the shared vocabulary -> log-probs (B,V) (-inf for words it cannot say), new state."""
-        own, state = self.decoder.step(self.from_shared[tokens], state)  # (B,W)
-        out = own.new_full((own.size(0), self.shared_size), NEG_INF)
-        return out.index_copy_(1, self.to_shared, own), state
+    def search(self, features: torch.Tensor, cfg: DecodeConfig,
+               person_logit: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+        """features (B,P,E) -> hypotheses per input in the shared vocabulary. The search runs in the decoder's
+        own W words (rules and person words looked up there), so no step spends time on the V - W words it
+        cannot say; the same hypotheses as searching the shared vocabulary with those words at -inf."""
+        decoder = self.decoder if person_logit is None else _WithPerson(self.decoder, person_logit)
+        hyps = decode(decoder, features, self.own, cfg)
+        for h in hyps:
+            for hyp in h:
+                hyp.tokens = [self.to_shared[t] for t in hyp.tokens]
+        return hyps
 
     def payload(self) -> dict[str, Any]:
         return {**self.meta, "decoder_state": self.decoder.state_dict()}
@@ -113,9 +114,8 @@ def decode_model(model, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeCo
     if fluent is None or not cfg.fluent:
         return decode(model.decoder, features, vocab, cfg)
     state = model.decoder.init_state(features)
-    person = state.get("person_logit")
-    hyps = decode(fluent if person is None else _WithPerson(fluent, person), features, vocab,
-                  replace(cfg, require_object=False, person_prob=cfg.fluent_person_prob))
+    hyps = fluent.search(features, replace(cfg, require_object=False, person_prob=cfg.fluent_person_prob),
+                         state.get("person_logit"))
     if "cand_ids" not in state:
         return hyps
     sure = state["cand_logp"] >= math.log(cfg.ground_prob)  # (B,K)

@@ -51,6 +51,33 @@ def test_mixture_is_normalised_and_stepping_equals_teacher_forcing(kw, positions
                 assert torch.allclose(log_probs, out.logits[:, t], atol=1e-4)
 
 
+def test_mixture_equals_its_definition_over_the_whole_vocabulary():
+    """CopyHead.mix mixes only where the copy path can add (candidates, copy-only words): equal to
+    logaddexp(log g + log P_vocab, log(1-g) + log P_copy) at every word, values and gradients, with hidden words."""
+    model, vocab = copy_model(concepts=True)
+    head = model.decoder.copy
+    state = model.decoder.init_state(torch.randn(B, 1, 1280).relu())
+    gen = torch.randn(B, T, head.gen_size, requires_grad=True)
+    h, x = torch.randn(B, T, 32), torch.randn(B, T, 16)
+    hide = torch.where(torch.rand(B, T) < 0.5, state["cand_ids"][:, :1].expand(B, T), -1)
+
+    def definition():
+        image = torch.cat([state["image"], state["cand_logp"][:, :1]], -1).unsqueeze(1).expand(-1, T, -1)
+        z = head.gate(torch.cat([h, x, image], -1))
+        p_gen = torch.nn.functional.pad(gen.log_softmax(-1), (0, len(vocab) - head.gen_size), value=-1e4)
+        p_gen = p_gen.masked_fill(torch.nn.functional.one_hot(hide.clamp(min=0), len(vocab)).bool()
+                                  & (hide >= 0).unsqueeze(-1), -1e4)
+        ids = state["cand_ids"].unsqueeze(1).expand(B, T, -1)
+        p_copy = torch.full_like(p_gen, -1e4).scatter(-1, ids, state["cand_logp"].log_softmax(-1).unsqueeze(1)
+                                                       .expand(B, T, -1))
+        return torch.logaddexp(torch.nn.functional.logsigmoid(z) + p_gen, torch.nn.functional.logsigmoid(-z) + p_copy)
+
+    got, want = head.mix(gen, h, x, state, hide), definition()
+    assert torch.equal(got, want)
+    weights = torch.randn_like(want)
+    assert torch.equal(*(torch.autograd.grad((y * weights).sum(), gen)[0] for y in (got, want)))
+
+
 @torch.no_grad()
 def test_copy_only_words_come_only_from_the_candidates():
     model, vocab = copy_model()

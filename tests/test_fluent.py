@@ -1,6 +1,6 @@
-"""The fluent second decoder (fluent.py): it steps in the model's vocabulary, its caption stands unless it misses
-a noun the CNN is sure of, its person words follow the grounded model's detector, and it travels in the
-checkpoint."""
+"""The fluent second decoder (fluent.py): it searches its own words and answers in the model's vocabulary,
+its caption stands unless it misses a noun the CNN is sure of, its person words follow the grounded model's
+detector, and it travels in the checkpoint."""
 import json
 import math
 import subprocess
@@ -15,6 +15,7 @@ from captioner.config import DecodeConfig, ModelConfig
 from captioner.decoder import CaptionDecoder
 from captioner.decoding import decode
 from captioner.errors import CheckpointError
+from captioner import fluent as fluent_module
 from captioner.fluent import FluentDecoder, decode_model, fluent_from_payload, fluent_payload
 from captioner.inference import Captioner
 from captioner.model import build_model
@@ -24,7 +25,7 @@ from conftest import DATA
 
 SHARED = Vocabulary(list(SPECIALS) + "a dog dogs on the grass man sitting snake in".split()).extend(
     NounSpace(load_table()).words)
-OWN = Vocabulary(list(SPECIALS) + "a man on the grass dog sitting".split())  # its own order, a subset
+OWN = Vocabulary(list(SPECIALS) + "a man on the grass dog sitting dogs".split())  # its own order, a subset
 
 
 def tiny_decoder(vocab: Vocabulary, seed: int = 0) -> CaptionDecoder:
@@ -36,21 +37,38 @@ def words(hyps, vocab):
     return [vocab.decode(h[0].tokens) for h in hyps]
 
 
+class InShared:
+    """The fluent decoder stepping in the shared vocabulary, every word it lacks at -inf: what its search must
+    equal."""
+
+    def __init__(self, plain):
+        self.plain = plain
+
+    def init_state(self, feats):
+        return self.plain.init_state(feats)
+
+    def step(self, tokens, state):
+        own, state = self.plain.step(torch.tensor([OWN.stoi[SHARED.itos[t]] for t in tokens.tolist()]), state)
+        out = torch.full((own.size(0), len(SHARED)), float("-inf"))
+        for w in OWN.itos[: OWN.generated]:
+            out[:, SHARED.stoi[w]] = own[:, OWN.stoi[w]]
+        return out, state
+
+
 @torch.no_grad()
-def test_the_fluent_decoder_steps_in_the_shared_vocabulary_and_captions_as_it_would_alone():
+def test_the_fluent_decoder_searches_its_own_words_and_answers_in_the_shared_vocabulary():
     plain = tiny_decoder(OWN)
     fluent = FluentDecoder(plain, OWN, SHARED, {})
     feats = torch.randn(4, 1, 1280).relu()
-    state = fluent.init_state(feats)
-    tokens = torch.tensor([SHARED.stoi[w] for w in ("<bos>", "man", "grass", "dog")])
-    log_probs, _ = fluent.step(tokens, state)
-    own, _ = plain.step(torch.tensor([OWN.stoi[w] for w in ("<bos>", "man", "grass", "dog")]), state)
-    assert log_probs.shape == (4, len(SHARED))
-    for w in OWN.itos:
-        assert torch.equal(log_probs[:, SHARED.stoi[w]], own[:, OWN.stoi[w]])
-    assert torch.isinf(log_probs[:, SHARED.stoi["snake"]]).all()  # a word it was never trained on
-    for cfg in (DecodeConfig(method="greedy"), DecodeConfig(beam_size=3, length_penalty=0.5)):
-        assert words(decode(fluent, feats, SHARED, cfg), SHARED) == words(decode(plain, feats, OWN, cfg), OWN)
+    for cfg in (DecodeConfig(method="greedy"), DecodeConfig(beam_size=3, length_penalty=0.5, num_captions=2),
+                DecodeConfig(beam_size=3, no_repeat_words=True, person_gate=True)):
+        person = torch.tensor([-3.0, 3.0, -3.0, 3.0])
+        got = fluent.search(feats, cfg, person)
+        in_shared = decode(fluent_module._WithPerson(InShared(plain), person), feats, SHARED, cfg)
+        assert [[(h.tokens, h.log_prob, h.score) for h in hs] for hs in got] == \
+               [[(h.tokens, h.log_prob, h.score) for h in hs] for hs in in_shared]  # ids in SHARED
+        alone = decode(fluent_module._WithPerson(plain, person), feats, OWN, cfg)
+        assert words(got, SHARED) == words(alone, OWN)
 
 
 def test_a_fluent_vocabulary_with_a_word_the_model_lacks_is_refused():
@@ -78,23 +96,28 @@ class Grounded:
 
 
 class Fluent:
-    """A scripted fluent decoder: "a man sitting on the grass", or without "man": "a dog sitting on the grass"."""
+    """A scripted fluent decoder, in its own vocabulary (OWN): "a man sitting on the grass", or without "man":
+    "a dog sitting on the grass"."""
 
     def init_state(self, feats):
         return {"t": torch.zeros(feats.size(0), dtype=torch.long)}
 
     def step(self, tokens, state):
-        script = [SHARED.stoi[w] for w in "a man sitting on the grass".split()] + [SHARED.eos_id]
-        logp = torch.full((tokens.size(0), len(SHARED)), -9.0)
-        logp[:, SHARED.stoi["dog"]] = -1.0  # second choice at every step
+        script = [OWN.stoi[w] for w in "a man sitting on the grass".split()] + [OWN.eos_id]
+        logp = torch.full((tokens.size(0), len(OWN)), -9.0)
+        logp[:, OWN.stoi["dog"]] = -1.0  # second choice at every step
         for i, t in enumerate(state["t"].tolist()):
             logp[i, script[min(t, len(script) - 1)]] = -0.01
         return logp, {**state, "t": state["t"] + 1}
 
 
+def scripted(fluent) -> FluentDecoder:
+    return FluentDecoder(fluent, OWN, SHARED, {})
+
+
 @pytest.mark.parametrize("method", ["greedy", "beam"])
 def test_the_fluent_caption_stands_unless_it_misses_a_noun_the_cnn_is_sure_of(method):
-    model = SimpleNamespace(decoder=Grounded(), fluent=Fluent())
+    model = SimpleNamespace(decoder=Grounded(), fluent=scripted(Fluent()))
     feats = torch.zeros(2, 1, 4)
     cfg = DecodeConfig(method=method, beam_size=2, no_repeat_words=True, ground_prob=0.5)
     # row 0: the CNN is 90 % sure of a snake the fluent caption does not name -> the grounded caption;
@@ -120,7 +143,7 @@ def test_a_plural_of_the_sure_noun_counts_as_naming_it():
     class Dogs(Fluent):
         def step(self, tokens, state):
             logp, state = super().step(tokens, state)
-            logp[:, SHARED.stoi["dogs"]] = 0.0
+            logp[:, OWN.stoi["dogs"]] = 0.0
             return logp, state
 
     class SureOfDog(Grounded):
@@ -128,7 +151,7 @@ def test_a_plural_of_the_sure_noun_counts_as_naming_it():
             return {**super().init_state(feats), "cand_ids": torch.full((feats.size(0), 1), SHARED.stoi["dog"]),
                     "cand_logp": torch.full((feats.size(0), 1), math.log(0.9))}
 
-    model = SimpleNamespace(decoder=SureOfDog(), fluent=Dogs())
+    model = SimpleNamespace(decoder=SureOfDog(), fluent=scripted(Dogs()))
     hyps = decode_model(model, torch.zeros(1, 1, 4), SHARED, DecodeConfig(method="greedy", max_len=3))
     assert words(hyps, SHARED) == ["dogs dogs dogs"]  # the fluent caption: it names the noun, in the plural
 
