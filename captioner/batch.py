@@ -4,7 +4,7 @@
       -> shard (item i goes to rank i % world) -> skip what the output already holds
       -> DataLoader workers: decode (images; videos: F sampled frames) + build_transform, or an error string
                                                                                  (b,3,H,W) or clips + errors
-      -> Captioner.caption_tensors, the path every surface shares: the encoder (ONNX Runtime on CPU, fp16
+      -> Captioner.caption_tensors, the path every surface shares: the encoder (OpenVINO or ONNX Runtime on CPU, fp16
          autocast on CUDA) in batches, then batched decode (beam search / greedy / sampling)
                                                                                  hypotheses per image
       -> rows appended to the output, one write + fsync per batch

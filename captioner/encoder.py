@@ -208,7 +208,7 @@ class ImageEncoder(nn.Module):
         self.register_buffer("head_weight", head.weight.detach().clone() if head else None, persistent=False)
         self.register_buffer("head_bias", head.bias.detach().clone() if head else None, persistent=False)
         self.num_classes = int(head.weight.shape[0]) if head is not None else 0
-        # An inference engine that stands in for this module's forward (engine.py: ONNX Runtime on the CPU);
+        # An inference engine that stands in for this module's forward (engine.py: OpenVINO or ONNX Runtime, CPU);
         # None: torch eager. Never set while training.
         self.runner: Callable[[torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]] | None = None
         self.deferred: str | None = None  # the weights' key when built by `deferred_to`

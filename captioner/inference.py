@@ -20,7 +20,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import DecodeConfig
 from .defaults import resolve_checkpoint
 from .decoding import Hypothesis
-from .engine import deferred_encoder, remember_source, resolve_engine, use_engine
+from .engine import GRAPH_ENGINES, deferred_encoder, remember_source, resolve_engine, use_engine
 from .errors import CaptionerError, ConfigError, MediaError
 from .fluent import decode_model
 from .media import (VIDEO_EXTENSIONS, Clip, build_transform, clip_tensor, is_video, load_media_tensor, media_to,
@@ -68,25 +68,28 @@ def resolve_device(name: str = "auto") -> torch.device:
 class Captioner:
     def __init__(self, model: CaptionModel, vocab: Vocabulary, device: torch.device,
                  decode: DecodeConfig | None = None, info: dict[str, Any] | None = None, engine: str = "torch"):
-        """`engine`: what runs the encoder (engine.py): "torch", "onnx" (ONNX Runtime, CPU), or "auto"."""
+        """`engine`: what runs the encoder (engine.py): "torch", "onnx" (ONNX Runtime, CPU), "openvino" (CPU),
+        or "auto"."""
         self.model = model.to(device).eval()
         self.vocab = vocab
         self.device = device
         self.decode_config = decode or DecodeConfig()
         self.transform = build_transform(model.transform_spec, train=False)
         self.info = info or {}
-        self.engine = use_engine(self.model, engine, device)  # the engine in use: "torch" or "onnx"
+        self.engine = use_engine(self.model, engine, device)  # the engine in use: "torch", "onnx" or "openvino"
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str = "auto",
              decode: DecodeConfig | None = None, engine: str = "auto") -> "Captioner":
         """Load a checkpoint (default: the installed default model, see defaults.py). `engine="auto"` runs the
-        encoder with ONNX Runtime on the CPU (exported once and cached, engine.py), torch on CUDA."""
+        encoder on the CPU from its exported graph (exported once and cached) with OpenVINO where installed,
+        else ONNX Runtime; torch on CUDA (engine.py)."""
         path = resolve_checkpoint(path)
         ckpt = load_checkpoint(path)
         dev = resolve_device(device)
         # Exported before: only the decoder is built in torch (engine.py, "start-up without building the encoder").
-        encoder = deferred_encoder(ckpt) if resolve_engine(engine, dev) == "onnx" else None
+        chosen = resolve_engine(engine, dev)
+        encoder = deferred_encoder(ckpt, chosen) if chosen in GRAPH_ENGINES else None
         model, vocab = model_from_checkpoint(ckpt, os.fspath(path), encoder=encoder)
         stored = ckpt.get("decode_config")
         default = DecodeConfig.from_dict(stored) if stored else DecodeConfig()
@@ -96,7 +99,7 @@ class Captioner:
         if model.fluent is not None:  # its second decoder (fluent.py): what it is and was trained on
             info["fluent"] = {k: model.fluent.meta.get(k) for k in ("model_config", "data", "epoch")}
         cap = cls(model, vocab, dev, decode or default, info, engine=engine)
-        if encoder is None and cap.engine == "onnx":
+        if encoder is None and cap.engine in GRAPH_ENGINES:
             remember_source(ckpt, cap.model.encoder)
         return cap
 

@@ -136,10 +136,10 @@ def clip_tensor(clip: "Clip", transform: Preprocess) -> torch.Tensor:
 
 class WorkerLoader(DataLoader):
     """torch's DataLoader, safe to fork worker processes from a process that holds native objects with
-    threads of their own (ONNX Runtime sessions, engine.py). A forked worker inherits the parent's garbage;
-    if the worker's garbage collector then frees a dead session, its destructor waits for thread-pool
-    threads that do not exist in the child, and the worker hangs for ever (seen in the test suite). So the
-    parent collects its garbage and freezes what is left before the workers fork: they never collect it."""
+    threads of their own (ONNX Runtime sessions, OpenVINO models, engine.py). A forked worker inherits the
+    parent's garbage; if the worker's garbage collector then frees a dead session, its destructor waits for
+    thread-pool threads that do not exist in the child, and the worker hangs for ever (seen in the test suite).
+    So the parent collects its garbage and freezes what is left before the workers fork: they never collect it."""
 
     def __iter__(self):
         if self.num_workers == 0:

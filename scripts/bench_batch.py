@@ -7,9 +7,10 @@ measures, in one process, with the same checkpoint, batch size and workers, each
       onnx    the same encoder exported to ONNX, run by a plain ONNX Runtime session
       openvino  the same ONNX graph compiled by OpenVINO (if installed)
   (b) the full batch command: captioner.batch.run_batch (listing, loading, encoding, beam search, writing rows
-      with fsync) into a fresh .jsonl, with --engine torch and with --engine onnx
-and prints the ratios (targets: onnx batch / torch batch >= 2, onnx batch / fastest forward >= 0.85) and
-whether both engines wrote the same captions. Runs alternate --repeats times after one warm-up batch each;
+      with fsync) into a fresh .jsonl, with --engine torch, --engine onnx and --engine openvino (if installed)
+and prints the ratios (targets: onnx batch / torch batch >= 2; each graph engine's batch / its own plain
+forward >= 0.85, and the auto engine's batch / the fastest forward >= 0.85) and whether every engine wrote the
+same captions. Runs alternate --repeats times after one warm-up batch each;
 ratios use the medians.
 Then peak memory: `python -m captioner batch` in a subprocess over --memory-files and 4x as many files;
 peak RSS (main process and its reaped workers, from wait4) must not grow with the number of files.
@@ -29,13 +30,14 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 
 from captioner.batch import iter_inputs, make_loader, model_id, run_batch
 from captioner.defaults import default_checkpoint
-from captioner.engine import default_onnx_dir, onnx_graph
+from captioner.engine import default_onnx_dir, onnx_graph, resolve_engine
 from captioner.inference import Captioner
 from captioner.media import IMAGE_EXTENSIONS
 
@@ -124,7 +126,9 @@ def main(argv=None) -> int:
     a.checkpoint = a.checkpoint or default_checkpoint()
 
     sources = list(iter_inputs([a.images], IMAGE_EXTENSIONS))
-    caps = {e: Captioner.load(a.checkpoint, device=a.device, engine=e) for e in ("torch", "onnx")}
+    engines = ["torch", "onnx"] + (["openvino"] if find_spec("openvino") else [])
+    caps = {e: Captioner.load(a.checkpoint, device=a.device, engine=e) for e in engines}
+    auto = resolve_engine("auto", caps["torch"].device)
     cap = caps["torch"]
     a.beam_size = a.beam_size or cap.decode_config.beam_size
     cfg = replace(cap.decode_config, method="beam", beam_size=a.beam_size, num_captions=1)
@@ -159,12 +163,16 @@ def main(argv=None) -> int:
         for k, v in e.items():
             print(f"(a) encoder forward, {k:8s} {v:6.1f} files/s")
         for k, v in b.items():
-            print(f"(b) captioner batch, engine {k:5s} {v:6.1f} files/s")
-        same = sum(x == y for x, y in zip(captions["torch"], captions["onnx"]))
-        print(f"onnx batch / torch batch        = {b['onnx'] / b['torch']:.2f} (target >= 2)\n"
-              f"onnx batch / fastest forward ({fastest}) = {b['onnx'] / e[fastest]:.3f} (target >= 0.85)\n"
-              f"torch batch / torch forward     = {b['torch'] / e['torch']:.3f}\n"
-              f"same caption from both engines: {same} of {len(captions['torch'])} files")
+            print(f"(b) captioner batch, engine {k:8s} {v:6.1f} files/s")
+        print(f"onnx batch / torch batch        = {b['onnx'] / b['torch']:.2f} (target >= 2)")
+        for k in b:
+            print(f"{k} batch / {k} forward {' ' * (14 - 2 * len(k))}= {b[k] / e[k]:.3f}"
+                  + ("" if k == "torch" else " (target >= 0.85)"))
+        if auto in b:
+            print(f"auto engine ({auto}) batch / fastest forward ({fastest}) = {b[auto] / e[fastest]:.3f} "
+                  f"(target >= 0.85)")
+        same = sum(len({captions[k][i] for k in captions}) == 1 for i in range(len(captions["torch"])))
+        print(f"same caption from all {len(captions)} engines: {same} of {len(captions['torch'])} files")
 
         if a.memory_files:
             peaks = []

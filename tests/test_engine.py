@@ -1,4 +1,5 @@
-"""The ONNX Runtime engine for the encoder: export, cache reuse and invalidation, equivalence with torch."""
+"""The graph engines for the encoder (ONNX Runtime, OpenVINO): export, cache reuse and invalidation, equivalence
+with torch, auto's choice."""
 import copy
 import json
 import os
@@ -9,7 +10,8 @@ import torch
 from conftest import COCO_MINI_TRAIN_IMAGES
 
 from captioner.cli import main
-from captioner.engine import OnnxEncoder, graph_key, resolve_engine, use_engine
+from captioner import engine as engine_module
+from captioner.engine import GRAPH_ENGINES, RUNNERS, graph_key, resolve_engine, use_engine
 from captioner.errors import ConfigError
 from captioner.inference import Captioner
 from captioner.media import build_transform, load_image_tensor
@@ -28,9 +30,13 @@ def real_images(model, n=4):
     return torch.stack([load_image_tensor(p, transform) for p in IMAGES[:n]])  # (n,3,224,224)
 
 
-def test_export_is_cached_reused_and_matches_torch(model, tmp_path):
+AUTO = resolve_engine("auto", torch.device("cpu"))  # OpenVINO, installed with the package
+
+
+@pytest.mark.parametrize("engine", GRAPH_ENGINES)
+def test_export_is_cached_reused_and_matches_torch(model, tmp_path, engine):
     logs = []
-    assert use_engine(model, "onnx", torch.device("cpu"), str(tmp_path), logs.append) == "onnx"
+    assert use_engine(model, engine, torch.device("cpu"), str(tmp_path), logs.append) == engine
     assert len(logs) == 1 and "exporting" in logs[0]  # the first use says so, in one line
     cached = list(tmp_path.glob("*.onnx"))
     assert len(cached) == 1 and not list(tmp_path.glob(".tmp*"))
@@ -38,7 +44,7 @@ def test_export_is_cached_reused_and_matches_torch(model, tmp_path):
     with torch.no_grad():
         onnx = model.encoder(images)
         torch_feats = model.encoder.torch_forward(images)
-    assert isinstance(model.encoder.runner, OnnxEncoder)
+    assert isinstance(model.encoder.runner, RUNNERS[engine])
     assert onnx.shape == torch_feats.shape == (4, 1, 1280)  # pooled: the tiny model has no attention
     assert (onnx - torch_feats).abs().max() < 1e-3
 
@@ -90,14 +96,16 @@ def test_other_input_sizes_fall_back_to_torch(model, tmp_path):
 def test_captions_identical_across_engines(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the default cache folder, here
     by_torch = Captioner(copy.deepcopy(trained["model"]), trained["vocab"], torch.device("cpu"), engine="torch")
-    by_onnx = Captioner(copy.deepcopy(trained["model"]), trained["vocab"], torch.device("cpu"), engine="auto")
-    assert (by_torch.engine, by_onnx.engine) == ("torch", "onnx")
-    assert list((tmp_path / "captioner" / "onnx").glob("*.onnx"))  # next to the feature cache
+    by_graph = [Captioner(copy.deepcopy(trained["model"]), trained["vocab"], torch.device("cpu"), engine=e)
+                for e in ("auto", *GRAPH_ENGINES)]
+    assert by_torch.engine == "torch" and [c.engine for c in by_graph] == [AUTO, *GRAPH_ENGINES]
+    assert len(list((tmp_path / "captioner" / "onnx").glob("*.onnx"))) == 1  # one graph, next to the feature cache
     for method in ("greedy", "beam"):
         a = by_torch.caption_detailed(IMAGES, method=method)
-        b = by_onnx.caption_detailed(IMAGES, method=method)
-        assert [r.captions for r in a] == [r.captions for r in b]
-        assert [[c.word for c in r.candidates] for r in a] == [[c.word for c in r.candidates] for r in b]
+        for other in by_graph:
+            b = other.caption_detailed(IMAGES, method=method)
+            assert [r.captions for r in a] == [r.captions for r in b]
+            assert [[c.word for c in r.candidates] for r in a] == [[c.word for c in r.candidates] for r in b]
 
 
 def test_damaged_cached_graph_is_exported_again(model, tmp_path):
@@ -122,10 +130,32 @@ def test_unwritable_cache_still_runs(model, tmp_path):
 
 def test_engine_choice_errors_are_one_line():
     assert resolve_engine("auto", torch.device("cuda")) == "torch"  # torch + AMP stays the GPU path
-    with pytest.raises(ConfigError, match="runs the encoder on the CPU"):
-        resolve_engine("onnx", torch.device("cuda"))
+    for engine in GRAPH_ENGINES:
+        with pytest.raises(ConfigError, match="runs the encoder on the CPU"):
+            resolve_engine(engine, torch.device("cuda"))
     with pytest.raises(ConfigError, match="unknown engine"):
         resolve_engine("tensorrt", torch.device("cpu"))
+    assert AUTO == "openvino"  # a dependency: auto's first choice on the CPU
+
+
+def test_auto_takes_the_next_engine_where_one_is_missing_or_fails(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_module, "_installed", lambda e: e != "openvino")  # as if it were not installed
+    assert resolve_engine("auto", torch.device("cpu")) == "onnx"
+    with pytest.raises(ConfigError, match=r"needs OpenVINO, which is not installed; run: pip install "):
+        resolve_engine("openvino", torch.device("cpu"))
+    monkeypatch.undo()
+
+    class Broken(RUNNERS["openvino"]):
+        def __init__(self, graph, encoder):
+            raise RuntimeError("no CPU plugin for this machine")
+
+    monkeypatch.setitem(RUNNERS, "openvino", Broken)  # a runtime that cannot run the graph here
+    logs = []
+    assert use_engine(model, "auto", torch.device("cpu"), str(tmp_path), logs.append) == "onnx"
+    assert logs[-1] == ("captioner: OpenVINO cannot run this encoder (RuntimeError: no CPU plugin for this "
+                        "machine); using ONNX Runtime")
+    with pytest.raises(ConfigError, match="could not run this encoder with OpenVINO"):
+        use_engine(model, "openvino", torch.device("cpu"), str(tmp_path), logs.append)
 
 
 def test_export_command_writes_a_graph_that_runs_elsewhere(trained, tmp_path, capsys):
@@ -151,10 +181,10 @@ def test_cli_engine_flag(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     ckpt = str(trained["dir"] / "best.pt")
     lines = {}
-    for engine in ("torch", "onnx"):
+    for engine in ("torch", *GRAPH_ENGINES):
         assert main(["caption", str(IMAGES[0]), "--checkpoint", ckpt, "--engine", engine]) == 0
         lines[engine] = capsys.readouterr().out
-    assert lines["torch"] == lines["onnx"] and lines["torch"].startswith(str(IMAGES[0]))
+    assert len(set(lines.values())) == 1 and lines["torch"].startswith(str(IMAGES[0]))
     assert os.listdir(tmp_path / "captioner" / "onnx")
 
 
@@ -166,10 +196,10 @@ def test_second_load_builds_only_the_decoder(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     ckpt = trained["dir"] / "best.pt"
     first = Captioner.load(ckpt)
-    assert first.engine == "onnx" and first.model.encoder.deferred is None
+    assert first.engine == AUTO and first.model.encoder.deferred is None
     assert list((tmp_path / "captioner" / "onnx" / "sources").glob("*.json"))
     second = Captioner.load(ckpt)
-    assert second.engine == "onnx" and second.model.encoder.deferred
+    assert second.engine == AUTO and second.model.encoder.deferred
     by_torch = Captioner.load(ckpt, engine="torch")
     for a, b in zip(by_torch.caption_detailed(IMAGES), second.caption_detailed(IMAGES)):
         assert a.captions == b.captions and [c.word for c in a.candidates] == [c.word for c in b.candidates]
@@ -200,7 +230,7 @@ def test_source_key_follows_the_checkpoint(trained, tmp_path, monkeypatch):
     Captioner.load(trained["dir"] / "best.pt")
     entry = next((tmp_path / "captioner" / "onnx" / "sources").glob("*.json"))
     entry.write_text("{not json")  # damaged: the encoder is built again, captions unchanged
-    assert deferred_encoder(ckpt) is None
+    assert deferred_encoder(ckpt, AUTO) is None
     assert Captioner.load(trained["dir"] / "best.pt").model.encoder.deferred is None
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from ..config import DECODE_METHODS, DecodeConfig
 
 CHECKPOINT_HELP = "model file (default: the installed default model, or $CAPTIONER_CHECKPOINT)"
-ENGINE_CHOICES = ("auto", "torch", "onnx")  # engine.ENGINES, here without importing torch
+ENGINE_CHOICES = ("auto", "torch", "onnx", "openvino")  # engine.ENGINES, here without importing torch
 
 
 def add_model_flags(p: argparse.ArgumentParser, batch_size: int | None = None,
@@ -19,8 +19,9 @@ def add_model_flags(p: argparse.ArgumentParser, batch_size: int | None = None,
     p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
-                   help="what runs the CNN encoder: auto = ONNX Runtime on the CPU (exported once and cached "
-                        "next to the feature cache), torch on CUDA")
+                   help="what runs the CNN encoder: auto = on the CPU its exported graph (exported once and "
+                        "cached next to the feature cache), by OpenVINO if installed, else ONNX Runtime; torch on "
+                        "CUDA")
     if batch_size is not None:
         p.add_argument("--batch-size", dest="batch_size", type=int, default=batch_size)
 
