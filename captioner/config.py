@@ -207,6 +207,9 @@ class DecodeConfig:
     fluent: bool = True
     ground_prob: float = 0.3
     fluent_person_prob: float = 0.5
+    # where the photo is handed over, the grounded decoder's next-word log-probabilities plus `fusion` times the
+    # fluent decoder's (shallow fusion); the fused caption is kept if it names a noun it was handed over for
+    fusion: float = 0.25
 
     def validate(self) -> None:
         if self.method not in DECODE_METHODS:
@@ -224,6 +227,8 @@ class DecodeConfig:
         for name in ("person_prob", "fluent_person_prob"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.fusion <= 10.0:
+            raise ConfigError(f"fusion must be in [0, 10] (0 = the grounded decoder alone), got {self.fusion}")
         if not 0.0 < self.ground_prob <= 1.0:
             raise ConfigError(f"ground_prob must be in (0, 1], got {self.ground_prob}")
         if not 0.0 < self.require_prob <= 1.0:

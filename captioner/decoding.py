@@ -42,7 +42,7 @@ class Hypothesis:
     score: float  # what the search ranked by (after penalties and length normalisation)
     finished: bool = True  # False when max_len cut it before EOS
     attention: torch.Tensor | None = field(default=None, repr=False)  # (len(tokens), P)
-    decoder: str | None = None  # models with two decoders (fluent.py): which one wrote it, "fluent" or "grounded"
+    decoder: str | None = None  # models with two decoders (fluent.py): which wrote it: "fluent", "grounded", "fused"
 
 
 @dataclass

@@ -10,8 +10,14 @@ for a baboon). A model may carry both over its one encoder (checkpoint key "flue
      with person words allowed only where the grounded model's person detector is at least
      `DecodeConfig.fluent_person_prob` sure of a person;
   2. unless the CNN is at least `DecodeConfig.ground_prob` sure of a noun that this caption does not name
-     (singular or plural): then the grounded decoder's, with all of its own rules (--require-object, its person
-     gate).
+     (singular or plural): then the photo is handed over to the grounded decoder, with all of its own rules
+     (--require-object, its person gate), its next-word log-probabilities fused with `DecodeConfig.fusion` x the
+     fluent decoder's (shallow fusion, Gulcehre et al. 2015, "On Using Monolingual Corpora in Neural Machine
+     Translation": log p = log_softmax(log p_grounded + w log p_fluent); a word the fluent decoder lacks gets
+     its log-probability of <unk>, its mass for words it does not know). The grounded decoder brings the noun,
+     the fluent one COCO's way of saying the rest;
+  3. where the fused caption names none of the nouns the photo was handed over for, the grounded decoder's
+     own caption (fusion 0: always): a handed-over photo's caption names its noun as often as without fusion.
 
 Nothing is trained for the rule, and it fails safe: where the CNN is unsure, or sure and the fluent caption
 agrees, the fluent caption stands; only a disagreement hands the photo to the decoder built to say what the
@@ -56,6 +62,9 @@ class FluentDecoder(nn.Module):
         self.own = own
         self.meta = meta  # PAYLOAD_KEYS of its checkpoint: what it was trained on, and how
         self.to_shared = [shared.stoi[w] for w in own.itos[: own.generated]]  # (W,) shared id of each own word
+        from_shared = torch.full((len(shared),), Vocabulary.unk_id, dtype=torch.long)
+        from_shared[torch.tensor(self.to_shared)] = torch.arange(len(self.to_shared))
+        self.register_buffer("from_shared", from_shared, persistent=False)  # (V,) own id of each word, else UNK
 
     def search(self, features: torch.Tensor, cfg: DecodeConfig,
                person_logit: torch.Tensor | None = None) -> list[list[Hypothesis]]:
@@ -93,6 +102,27 @@ def fluent_from_payload(payload: dict[str, Any], shared: Vocabulary, feature_dim
         raise CheckpointError(f"{path}: bad fluent decoder: {str(exc).splitlines()[0]}") from None
 
 
+class Fused:
+    """The grounded decoder with the fluent one fused in (rule 2 of this module): steps in the shared vocabulary,
+    both decoders' states side by side (the fluent one's keys prefixed "fluent.")."""
+
+    def __init__(self, grounded, fluent: FluentDecoder, weight: float):
+        self.grounded, self.fluent, self.weight = grounded, fluent, weight
+
+    def init_state(self, features: torch.Tensor) -> State:
+        own = self.fluent.decoder.init_state(features)
+        return {**self.grounded.init_state(features), **{"fluent." + k: v for k, v in own.items()}}
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (N,) shared ids -> log-probs (N,V) of the fused distribution, new state."""
+        mine = {k: v for k, v in state.items() if not k.startswith("fluent.")}
+        own = {k[len("fluent."):]: v for k, v in state.items() if k.startswith("fluent.")}
+        grounded, mine = self.grounded.step(tokens, mine)  # (N,V)
+        fluent, own = self.fluent.decoder.step(self.fluent.from_shared[tokens], own)  # (N,W)
+        fused = torch.log_softmax(grounded + self.weight * fluent[:, self.fluent.from_shared], dim=-1)  # (N,V)
+        return fused, {**mine, **{"fluent." + k: v for k, v in own.items()}}
+
+
 class _WithPerson:
     """A decoder whose state also carries a person detector's logits (B,), for decoding's person gate."""
 
@@ -123,11 +153,15 @@ def decode_model(model, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeCo
              for ids, oks in zip(state["cand_ids"].tolist(), sure.tolist())]
     todo = [b for b, h in enumerate(hyps)
             if nouns[b] and not (h and names_any([vocab.itos[t] for t in h[0].tokens], nouns[b]))]
+    written = {b: "fluent" for b in range(len(hyps))}
+    if todo and cfg.fusion > 0:
+        for b, h in zip(todo, decode(Fused(model.decoder, fluent, cfg.fusion), features[todo], vocab, cfg)):
+            hyps[b], written[b] = h, "fused"
+        todo = [b for b in todo if not (hyps[b] and names_any([vocab.itos[t] for t in hyps[b][0].tokens], nouns[b]))]
     if todo:
         for b, h in zip(todo, decode(model.decoder, features[todo], vocab, cfg)):
-            hyps[b] = h
-    handed = set(todo)
+            hyps[b], written[b] = h, "grounded"
     for b, h in enumerate(hyps):
         for hyp in h:
-            hyp.decoder = "grounded" if b in handed else "fluent"
+            hyp.decoder = written[b]
     return hyps

@@ -119,14 +119,14 @@ def scripted(fluent) -> FluentDecoder:
 def test_the_fluent_caption_stands_unless_it_misses_a_noun_the_cnn_is_sure_of(method):
     model = SimpleNamespace(decoder=Grounded(), fluent=scripted(Fluent()))
     feats = torch.zeros(2, 1, 4)
-    cfg = DecodeConfig(method=method, beam_size=2, no_repeat_words=True, ground_prob=0.5)
+    cfg = DecodeConfig(method=method, beam_size=2, no_repeat_words=True, ground_prob=0.5, fusion=0.0)
     # row 0: the CNN is 90 % sure of a snake the fluent caption does not name -> the grounded caption;
     # row 1: 20 % sure, under ground_prob -> the fluent caption
     hyps = decode_model(model, feats, SHARED, cfg)
     assert words(hyps, SHARED) == ["a snake in the grass", "a man sitting on the grass"]
     assert [h[0].decoder for h in hyps] == ["grounded", "fluent"]  # --json says which one wrote it
     # sure of both at 0.1; at 1.0 of neither; without the fluent decoder, the grounded one alone
-    assert words(decode_model(model, feats, SHARED, DecodeConfig(method=method, ground_prob=0.1)),
+    assert words(decode_model(model, feats, SHARED, DecodeConfig(method=method, ground_prob=0.1, fusion=0.0)),
                  SHARED) == ["a snake in the grass"] * 2
     assert words(decode_model(model, feats, SHARED, DecodeConfig(method=method, ground_prob=1.0)),
                  SHARED) == ["a man sitting on the grass"] * 2
@@ -137,6 +137,33 @@ def test_the_fluent_caption_stands_unless_it_misses_a_noun_the_cnn_is_sure_of(me
     assert words(decode_model(model, feats, SHARED, gated), SHARED) == ["a dog sitting on the grass"] * 2
     open_gate = DecodeConfig(method=method, ground_prob=1.0, person_gate=True, fluent_person_prob=0.001)
     assert words(decode_model(model, feats, SHARED, open_gate), SHARED) == ["a man sitting on the grass"] * 2
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_a_handed_over_photo_is_captioned_with_the_fluent_decoder_fused_in_if_that_names_the_noun(method):
+    model = SimpleNamespace(decoder=Grounded(), fluent=scripted(Fluent()))
+    feats = torch.zeros(1, 1, 4)  # the CNN is 90 % sure of a snake; the fluent caption is "a man sitting ..."
+    # a light fusion: the grounded decoder's "snake" (the fluent one lacks it: its <unk>, -9) still wins
+    light = decode_model(model, feats, SHARED, DecodeConfig(method=method, beam_size=2, fusion=0.25))
+    assert words(light, SHARED) == ["a snake in the grass"] and light[0][0].decoder == "fused"
+    # a heavy one says "a man sitting on the grass", which does not name the snake: the grounded caption
+    heavy = decode_model(model, feats, SHARED, DecodeConfig(method=method, beam_size=2, fusion=5.0))
+    assert words(heavy, SHARED) == ["a snake in the grass"] and heavy[0][0].decoder == "grounded"
+
+
+@torch.no_grad()
+def test_the_fused_step_is_the_normalised_product_of_both_decoders():
+    model = copy_model_with_fluent()
+    feats = torch.randn(3, 1, 1280).relu()
+    fused = fluent_module.Fused(model.decoder, model.fluent, 0.5)
+    tokens = torch.tensor([SHARED.stoi[w] for w in ("<bos>", "dog", "snake")])  # "snake": the fluent one lacks it
+    log_probs, state = fused.step(tokens, fused.init_state(feats))
+    grounded, _ = model.decoder.step(tokens, model.decoder.init_state(feats))
+    own_tokens = torch.tensor([OWN.stoi.get(SHARED.itos[t], OWN.unk_id) for t in tokens.tolist()])
+    own, _ = model.fluent.decoder.step(own_tokens, model.fluent.decoder.init_state(feats))
+    fluent = torch.stack([own[:, OWN.stoi.get(w, OWN.unk_id)] for w in SHARED.itos], dim=1)  # (3,V): <unk> if lacking
+    assert torch.allclose(log_probs, torch.log_softmax(grounded + 0.5 * fluent, dim=-1), atol=1e-5)
+    assert {"h", "c", "cand_ids", "fluent.h", "fluent.c"} <= set(state)  # both states, batch first
 
 
 def test_a_plural_of_the_sure_noun_counts_as_naming_it():

@@ -64,6 +64,9 @@ def add_decode_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ground-prob", dest="ground_prob", type=float,
                    help="models with a fluent decoder: how sure the CNN must be of a noun the fluent caption "
                         "does not name before the grounded decoder captions instead")
+    g.add_argument("--fusion", type=float, metavar="W",
+                   help="models with a fluent decoder: where the grounded decoder captions, add W x the fluent "
+                        "decoder's log-probabilities to its own at each step (0 = the grounded decoder alone)")
     g.add_argument("--fluent-person-prob", dest="fluent_person_prob", type=float,
                    help="how sure the person detector must be before the fluent decoder may say a person")
 
