@@ -9,8 +9,9 @@ val's BLEU-4, CIDEr-D, repetition and person-where-none. The README's grounding 
 A decoding setting is a comma-separated list of: "greedy", "beam K", "lp A", "require P" (--require-object with
 --require-prob P), "free" (no --require-object), "once" / "repeat" (--no-repeat-words or not), "person [P]" /
 "anyone" (--person-gate [--person-prob P] or not); for models with a fluent decoder (fluent.py) "ground P"
-(--ground-prob P), "fluent-person P" (--fluent-person-prob P), "grounded" (--no-fluent); "ends"
-(--allow-bad-endings); "checkpoint" (the checkpoint's own decode_config, the start of every setting).
+(--ground-prob P), "fluent-person P" (--fluent-person-prob P), "fusion W" (--fusion W), "grounded"
+(--no-fluent); "ends" (--allow-bad-endings); "checkpoint" (the checkpoint's own decode_config, the start of
+every setting).
 """
 from __future__ import annotations
 
@@ -54,13 +55,16 @@ def parse_decoding(text: str, base: DecodeConfig) -> DecodeConfig:
             cfg = replace(cfg, fluent=True, ground_prob=float(value))
         elif word == "fluent-person":
             cfg = replace(cfg, fluent_person_prob=float(value))
+        elif word == "fusion":
+            cfg = replace(cfg, fusion=float(value))
         elif word == "grounded":
             cfg = replace(cfg, fluent=False)
         elif word == "ends":
             cfg = replace(cfg, no_bad_endings=False)
         else:
             raise SystemExit(f"unknown decoding part {part!r}; use greedy, beam K, lp A, require P, free, once, "
-                             f"repeat, person, anyone, ground P, fluent-person P, grounded, ends or checkpoint")
+                             f"repeat, person, anyone, ground P, fluent-person P, fusion W, grounded, ends or "
+                             f"checkpoint")
     return cfg
 
 

@@ -15,7 +15,10 @@
    on everyday: `ground_prob`, how sure the CNN must be of a noun the fluent caption misses before the grounded
    decoder captions instead: the largest (the least handed over: in-domain the fluent decoder scores higher)
    at which at least 70 % of the subjects are named (else the one naming the most); then the fluent decoder's
-   person gate, the least strict at which the captions meet the person target above;
+   person gate, the least strict at which the captions meet the person target above (both chosen without
+   fusion); then the fusion weight (`--fusion`: 0, 0.25, 0.5, 1; see fluent.py), measured on val and everyday:
+   among the weights that keep both everyday targets and do not lower val BLEU-4, the one with the highest
+   everyday CIDEr-D (the photos users bring), 0 if none;
 3. score that setting once on the held-out **test** split (`captioner evaluate`'s code path, METEOR included)
    and record it as `held_out_scores` (with the grounding rates), with the val and everyday grids beside it;
 4. write the checkpoint without training state, decoder weights stored in fp16 (half the size; they are
@@ -49,14 +52,15 @@ PERSON_PROBS = (0.5, 0.6, 0.7, 0.8, 0.9)
 PERSON_TARGET = 0.15  # at most this share of person-free photos may be captioned with a person
 GROUND_PROBS = (0.7, 0.5, 0.4, 0.3, 0.2)  # --fluent: ground_prob, the least handed over first
 SUBJECT_TARGET = 0.70  # --fluent: at least this share of everyday photos should have their subject named
+FUSIONS = (0.0, 0.25, 0.5, 1.0)  # --fluent: the weight of the fluent decoder fused into a handed-over caption
 
 
 def label(cfg: DecodeConfig) -> str:
     name = "greedy" if cfg.method == "greedy" else f"beam {cfg.beam_size}, lp {cfg.length_penalty}"
     return (name + (f", require p >= {cfg.require_prob}" if cfg.require_object else "")
             + (f", person p >= {cfg.person_prob}" if cfg.person_gate else "")
-            + (f", fluent unless p >= {cfg.ground_prob} missed, its person p >= {cfg.fluent_person_prob}"
-               if cfg.fluent else ""))
+            + (f", fluent unless p >= {cfg.ground_prob} missed, its person p >= {cfg.fluent_person_prob}, "
+               f"fusion {cfg.fusion}" if cfg.fluent else ""))
 
 
 def half(state: dict) -> dict:
@@ -138,11 +142,22 @@ def main(argv=None) -> int:
                     raise SystemExit(f"{args.fluent}: {exc}") from None
                 ckpt["fluent"] = {**payload, "decoder_state": half(payload["decoder_state"])}
                 cap = load_as_shipped(ckpt, args.out)
-                tried = [(p, on_everyday(replace(best, fluent=True, ground_prob=p))) for p in GROUND_PROBS]
+                tried = [(p, on_everyday(replace(best, fluent=True, ground_prob=p, fusion=0.0))) for p in GROUND_PROBS]
                 met = [p for p, g in tried if g["subject_named"] >= SUBJECT_TARGET]
-                best = replace(best, fluent=True, ground_prob=met[0] if met else
+                best = replace(best, fluent=True, fusion=0.0, ground_prob=met[0] if met else
                                max(tried, key=lambda t: (t[1]["subject_named"], t[0]))[0])
                 best = least_strict_gate(best, "fluent_person_prob")  # now on the captions users get
+                fused = []
+                for w in FUSIONS:
+                    cfg = replace(best, fusion=w)
+                    g, m = on_everyday(cfg), everyday_rows[-1][2]
+                    v = evaluate(cap, val, cfg, meteor=False, progress=False)[0]["metrics"]
+                    print(f"  fusion {w}: val BLEU-4 {v['BLEU-4']:.4f}, CIDEr-D {v['CIDEr-D']:.4f}; "
+                          f"everyday CIDEr-D {m['CIDEr-D']:.4f}")
+                    fused.append((cfg, g, m, v))
+                keep = [f for f in fused if f[1]["subject_named"] >= SUBJECT_TARGET and f[1]["person_hallucination"]
+                        <= PERSON_TARGET and f[3]["BLEU-4"] >= fused[0][3]["BLEU-4"]]
+                best = max(keep, key=lambda f: f[2]["CIDEr-D"])[0] if keep else fused[0][0]
             print(f"chosen on everyday: {label(best)}")
         val_report, _ = evaluate(cap, val, best, meteor=False, progress=False)  # what the choices cost on val
         print("val with the chosen setting:\n" + format_table([(label(best), val_report["metrics"])]) + "\n"
