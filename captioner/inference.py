@@ -82,8 +82,8 @@ class Captioner:
     def load(cls, path: str | os.PathLike | None = None, device: str = "auto",
              decode: DecodeConfig | None = None, engine: str = "auto") -> "Captioner":
         """Load a checkpoint (default: the installed default model, see defaults.py). `engine="auto"` runs the
-        encoder on the CPU from its exported graph (exported once and cached) with OpenVINO where installed,
-        else ONNX Runtime; torch on CUDA (engine.py)."""
+        encoder on the CPU from its exported graph (exported once and cached) with ONNX Runtime; torch on CUDA
+        (engine.py)."""
         path = resolve_checkpoint(path)
         ckpt = load_checkpoint(path)
         dev = resolve_device(device)

@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     a.checkpoint = a.checkpoint or default_checkpoint()
 
     sources = list(iter_inputs([a.images], IMAGE_EXTENSIONS))
-    engines = ["torch", "onnx"] + (["openvino"] if find_spec("openvino") else [])
+    engines = ["torch", "onnx"] + (["openvino"] if find_spec("openvino") else [])  # openvino: captioner[openvino]
     caps = {e: Captioner.load(a.checkpoint, device=a.device, engine=e) for e in engines}
     auto = resolve_engine("auto", caps["torch"].device)
     cap = caps["torch"]

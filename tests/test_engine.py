@@ -30,7 +30,7 @@ def real_images(model, n=4):
     return torch.stack([load_image_tensor(p, transform) for p in IMAGES[:n]])  # (n,3,224,224)
 
 
-AUTO = resolve_engine("auto", torch.device("cpu"))  # OpenVINO, installed with the package
+AUTO = resolve_engine("auto", torch.device("cpu"))  # ONNX Runtime, a dependency
 
 
 @pytest.mark.parametrize("engine", GRAPH_ENGINES)
@@ -135,27 +135,31 @@ def test_engine_choice_errors_are_one_line():
             resolve_engine(engine, torch.device("cuda"))
     with pytest.raises(ConfigError, match="unknown engine"):
         resolve_engine("tensorrt", torch.device("cpu"))
-    assert AUTO == "openvino"  # a dependency: auto's first choice on the CPU
+    assert AUTO == "onnx"  # a dependency: auto's first choice on the CPU
 
 
 def test_auto_takes_the_next_engine_where_one_is_missing_or_fails(model, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine_module, "_installed", lambda e: e != "openvino")  # as if it were not installed
-    assert resolve_engine("auto", torch.device("cpu")) == "onnx"
-    with pytest.raises(ConfigError, match=r"needs OpenVINO, which is not installed; run: pip install "):
+    monkeypatch.setattr(engine_module, "_installed", lambda e: e != "onnx")  # as if it were not installed
+    assert resolve_engine("auto", torch.device("cpu")) == "openvino"
+    with pytest.raises(ConfigError, match=r"needs ONNX Runtime, which is not installed; run: pip install "):
+        resolve_engine("onnx", torch.device("cpu"))
+    monkeypatch.setattr(engine_module, "_installed", lambda e: e != "openvino")
+    with pytest.raises(ConfigError, match=r"needs OpenVINO, which is not installed; run: pip install "
+                                          r"'captioner\[openvino\]'"):
         resolve_engine("openvino", torch.device("cpu"))
     monkeypatch.undo()
 
-    class Broken(RUNNERS["openvino"]):
+    class Broken(RUNNERS["onnx"]):
         def __init__(self, graph, encoder):
-            raise RuntimeError("no CPU plugin for this machine")
+            raise RuntimeError("no kernel for this machine")
 
-    monkeypatch.setitem(RUNNERS, "openvino", Broken)  # a runtime that cannot run the graph here
+    monkeypatch.setitem(RUNNERS, "onnx", Broken)  # a runtime that cannot run the graph here
     logs = []
-    assert use_engine(model, "auto", torch.device("cpu"), str(tmp_path), logs.append) == "onnx"
-    assert logs[-1] == ("captioner: OpenVINO cannot run this encoder (RuntimeError: no CPU plugin for this "
-                        "machine); using ONNX Runtime")
-    with pytest.raises(ConfigError, match="could not run this encoder with OpenVINO"):
-        use_engine(model, "openvino", torch.device("cpu"), str(tmp_path), logs.append)
+    assert use_engine(model, "auto", torch.device("cpu"), str(tmp_path), logs.append) == "openvino"
+    assert logs[-1] == ("captioner: ONNX Runtime cannot run this encoder (RuntimeError: no kernel for this "
+                        "machine); using OpenVINO")
+    with pytest.raises(ConfigError, match="could not run this encoder with ONNX Runtime"):
+        use_engine(model, "onnx", torch.device("cpu"), str(tmp_path), logs.append)
 
 
 def test_export_command_writes_a_graph_that_runs_elsewhere(trained, tmp_path, capsys):

@@ -19,9 +19,9 @@ def add_model_flags(p: argparse.ArgumentParser, batch_size: int | None = None,
     p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
-                   help="what runs the CNN encoder: auto = on the CPU its exported graph (exported once and "
-                        "cached next to the feature cache), by OpenVINO if installed, else ONNX Runtime; torch on "
-                        "CUDA")
+                   help="what runs the CNN encoder: auto = ONNX Runtime on the CPU (exported once and cached "
+                        "next to the feature cache), torch on CUDA; openvino: the same graph by OpenVINO "
+                        "(pip install 'captioner[openvino]')")
     if batch_size is not None:
         p.add_argument("--batch-size", dest="batch_size", type=int, default=batch_size)
 
