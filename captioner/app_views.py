@@ -119,9 +119,9 @@ def model_info_markdown(info: dict[str, Any], decode: DecodeConfig) -> str:
         fc, fd = fluent.get("model_config") or {}, fluent.get("data") or {}
         trained = f" on `{os.path.basename(str(fd['data']))}` alone" if fd.get("data") else ""
         kind = f"fluent {str(fc.get('rnn', '?')).upper()} (hidden {fc.get('hidden_dim', '?')})"
+        fused = f" (then the first decoder's, with {decode.fusion:g} x this one's word scores fused in)"
         used = (f"{kind}{trained}: its caption is the one shown unless the CNN is at least {decode.ground_prob:.0%} "
-                f"sure of a noun it does not name" + (f" (then the first decoder's, with {decode.fusion:g} x this one's "
-                                                      f"word scores fused in)" if decode.fusion else ""))
+                f"sure of a noun it does not name" + (fused if decode.fusion else ""))
         rows.append(("Second decoder", used if decode.fluent else "present, not used (fluent decoding off)"))
     rows.append(("Default decoding", f"{decode.method}" + (f", beam {decode.beam_size}, length penalty "
                  f"{decode.length_penalty:g}" if decode.method == "beam" else "") + f", max {decode.max_len} words"))

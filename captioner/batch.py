@@ -4,13 +4,17 @@
       -> shard (item i goes to rank i % world) -> skip what the output already holds
       -> DataLoader workers: decode (images; videos: F sampled frames) + build_transform, or an error string
                                                                                  (b,3,H,W) or clips + errors
-      -> Captioner.caption_tensors, the path every surface shares: the encoder (OpenVINO or ONNX Runtime on CPU, fp16
-         autocast on CUDA) in batches, then batched decode (beam search / greedy / sampling)
-                                                                                 hypotheses per image
-      -> rows appended to the output, one write + fsync per batch
+      -> the path every surface shares (Captioner.encode, then .decode_features): the encoder (ONNX Runtime on
+         the CPU, fp16 autocast on CUDA) batch by batch, then batched decoding (beam search / greedy /
+         sampling) of DECODE_BATCHES batches at once                             hypotheses per image
+      -> rows appended to the output, one write + fsync per decoded group
 
-The output (.jsonl or .csv) is an append-only log, like a write-ahead log: a batch's rows are one write
-followed by fsync, so Ctrl-C, SIGTERM or a hard kill loses at most the batch in flight; a torn last line
+Decoding several batches at once pays for itself: with the two-decoder default (fluent.py) about a quarter of
+the inputs are decoded again by the grounded decoder, and on few rows each step of a search costs what reading
+the decoders' weights costs, whatever the number of rows (9.6 ms per photo at 32 rows, 5.7 at 128).
+
+The output (.jsonl or .csv) is an append-only log, like a write-ahead log: a group's rows are one write
+followed by fsync, so Ctrl-C, SIGTERM or a hard kill loses at most the group in flight; a torn last line
 (a kill in mid-write) is cut off on the next start. Rerunning skips every path the output holds (failed
 ones too, unless retry_failed). While a run is going, the *last* row for a path is the valid one; a run
 that completes rewrites the file atomically (temp file + fsync + os.replace) so it holds one row per path:
@@ -51,6 +55,8 @@ from .media import MediaDataset, WorkerLoader, collate_media
 from .results import (_LOCKED_FDS, Done, OutputFile, ResultWriter, check_output, existing_parts,  # noqa: F401
                       load_done, merge_outputs, part_path, upgrade_layout)
 
+
+DECODE_BATCHES = 4  # loader batches encoded, then decoded and written together (see the module docstring)
 
 # ----------------------------------------------------------------------------------------------- loading
 
@@ -231,24 +237,39 @@ def run_batch(cap: Captioner, inputs: Sequence[str], out: str, *, model: str, cf
 def _caption_all(cap: Captioner, items: Iterable[str], writer: ResultWriter, model: str, cfg: DecodeConfig,
                  batch_size: int, workers: int, todo: int, summary: Summary, progress: str | None,
                  stop_asked: Callable[[], str | bool], log: Callable[[str], None]) -> bool:
-    """The loop: one batch at a time, rows written before the next batch is taken. `progress`: the bar's
-    label, None for no bar. True if stopped."""
+    """The loop: batches encoded one at a time, decoded and written DECODE_BATCHES at a time (and whatever is
+    in hand when the input ends or a stop is asked), rows on disk before the next group is taken. `progress`:
+    the bar's label, None for no bar. True if stopped."""
     nbest = cfg.num_captions > 1
     if todo == 0:  # a rerun of a finished job: no workers to start
         return False
     loader = make_loader(items, cap.transform, batch_size, workers, cap.device, cap.model.cfg.num_frames)
     bar = tqdm(total=todo, unit="file", desc=progress, disable=progress is None, dynamic_ncols=True, smoothing=0.1)
+    group: list[tuple[LoadedBatch, torch.Tensor | None]] = []  # encoded, not yet decoded
+
+    def write_group() -> None:
+        feats = [f for _, f in group if f is not None]
+        hyps = iter(cap.decode_features(torch.cat(feats), cfg) if feats else [])  # per loaded file, in order
+        rows = [row for batch, f in group
+                for row in batch_rows(batch, [next(hyps) for _ in range(0 if f is None else len(f))], cap.vocab,
+                                      model, nbest)]
+        writer.write(rows)
+        n_failed = sum(r["error"] is not None for r in rows)
+        summary.failed += n_failed
+        summary.ok += len(rows) - n_failed
+        bar.update(len(rows))
+        group.clear()
+
     for batch in loader:
         if stop_asked():  # the signal came while waiting for this batch: start no new work
             break
-        hyps = [] if batch.images is None else cap.caption_tensors(batch.images, cfg)
-        writer.write(batch_rows(batch, hyps, cap.vocab, model, nbest))
-        n_failed = sum(e is not None for e in batch.errors)
-        summary.failed += n_failed
-        summary.ok += len(batch.paths) - n_failed
-        bar.update(len(batch.paths))
+        group.append((batch, None if batch.images is None else cap.encode(batch.images)[0]))
+        if len(group) == DECODE_BATCHES:
+            write_group()
         if stop_asked():
             break
+    if group:  # the input ended, or a stop came: what is encoded is decoded and written, nothing lost
+        write_group()
     stopped = stop_asked()
     bar.close()
     if stopped:

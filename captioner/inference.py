@@ -192,12 +192,19 @@ class Captioner:
         return out
 
     @torch.no_grad()
+    def encode(self, media) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The encoding half of the path: preprocessed images (B,3,H,W), clips (B,F,3,H,W) or a list of either
+        -> what the decoder reads (B,P,E) and the CNN's class probabilities (B,C) (None without a classifier).
+        fp16 autocast for the encoder on CUDA."""
+        with encoder_precision(self.device):
+            return self.model.encode_and_classify(media_to(media, self.device))
+
+    @torch.no_grad()
     def caption_and_see(self, media, cfg: DecodeConfig | None = None
                         ) -> tuple[list[list[Hypothesis]], list[list[Candidate]]]:
         """The one path from preprocessed inputs to captions (every surface ends here): hypotheses per input,
-        and what the CNN sees in it (nouns.py). fp16 autocast for the encoder on CUDA."""
-        with encoder_precision(self.device):
-            feats, class_probs = self.model.encode_and_classify(media_to(media, self.device))  # (B,P,E), (B,C)
+        and what the CNN sees in it (nouns.py). `encode`, then `decode_features`."""
+        feats, class_probs = self.encode(media)  # (B,P,E), (B,C)
         hyps = self.decode_features(feats, cfg)
         seen = default_nouns().candidates(class_probs.float()) if class_probs is not None else [[] for _ in hyps]
         return hyps, seen
