@@ -318,3 +318,20 @@ def test_a_folder_of_images_and_videos_with_a_bad_clip(ckpt, tmp_path):
     cap = Captioner.load(ckpt, device="cpu")
     expected = cap.caption([root / "bikes.mp4", root / "jPBxl9gFqNY_110_117.avi", root / "photo.jpg"])
     assert [rows[n]["caption"] for n in ("bikes.mp4", "jPBxl9gFqNY_110_117.avi", "photo.jpg")] == expected
+
+
+def test_rows_are_written_a_decoded_group_at_a_time_and_equal_captioning_alone(many, ckpt, reference, tmp_path,
+                                                                                monkeypatch):
+    """Batches are encoded one by one and decoded DECODE_BATCHES at a time (the last group whatever is left,
+    bad files included): one write + fsync per group, the same rows as any other grouping."""
+    from captioner import batch as batch_module
+    from captioner.results import ResultWriter
+
+    writes = []
+    real_write = ResultWriter.write
+    monkeypatch.setattr(ResultWriter, "write", lambda self, rows: (writes.append(len(rows)), real_write(self, rows)))
+    out = tmp_path / "out.jsonl"
+    assert main([str(many), "--out", str(out), "--checkpoint", ckpt, "--quiet", "--batch-size", "3"]) == 0
+    group = 3 * batch_module.DECODE_BATCHES
+    assert writes == [group] * (16 // group) + ([16 % group] if 16 % group else [])  # 14 images, 2 bad files
+    same_rows(read_jsonl(out), reference)  # grouped by 4 there, by 3 x DECODE_BATCHES here
