@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import COCO_MINI_TRAIN_IMAGES
 
+from captioner.batch import DECODE_BATCHES
 from captioner.checkpoint import load_checkpoint, save_checkpoint
 from captioner.cli import main
 from captioner.errors import StorageError
@@ -39,14 +40,16 @@ def test_full_disk_while_writing_results_keeps_every_row_and_the_rerun_finishes(
         os.symlink(p, folder / p.name)
     out = tmp_path / "out.jsonl"
     out.touch()
+    # batches of 1 photo, decoded and written DECODE_BATCHES at a time: the third write fills the disk
+    assert 2 * DECODE_BATCHES < len(PHOTOS)
     args = ["batch", str(folder), "--out", str(out), "--checkpoint", str(trained["dir"] / "best.pt"),
-            "--batch-size", "3", "--workers", "1", "--quiet"]
+            "--batch-size", "1", "--workers", "1", "--quiet"]
     fill_disk_after(monkeypatch, out, ok_writes=2)
     assert main(args) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("captioner: error")]
     assert len(errors) == 1 and "No space left on device" in errors[0] and "rerun the same command" in errors[0]
     rows = [json.loads(line) for line in out.read_text().splitlines()]  # no torn line: every row parses
-    assert len(rows) == 6  # the two batches written before the disk filled
+    assert len(rows) == 2 * DECODE_BATCHES  # the two groups written before the disk filled
     monkeypatch.undo()  # space was made
     assert main(args) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
