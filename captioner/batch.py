@@ -263,7 +263,7 @@ def _caption_all(cap: Captioner, items: Iterable[str], writer: ResultWriter, mod
     for batch in loader:
         if stop_asked():  # the signal came while waiting for this batch: start no new work
             break
-        group.append((batch, None if batch.images is None else cap.encode(batch.images)[0]))
+        group.append((batch, None if batch.images is None else cap.encode(batch.images, classify=False)[0]))
         if len(group) == DECODE_BATCHES:
             write_group()
         if stop_asked():

@@ -151,13 +151,16 @@ def decode_model(model, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeCo
     sure = state["cand_logp"] >= math.log(cfg.ground_prob)  # (B,K)
     nouns = [[vocab.itos[i] for i, ok in zip(ids, oks) if ok]
              for ids, oks in zip(state["cand_ids"].tolist(), sure.tolist())]
-    todo = [b for b, h in enumerate(hyps)
-            if nouns[b] and not (h and names_any([vocab.itos[t] for t in h[0].tokens], nouns[b]))]
+
+    def misses(b: int) -> bool:  # input b's best caption names none of the nouns the CNN is sure of
+        return not (hyps[b] and names_any([vocab.itos[t] for t in hyps[b][0].tokens], nouns[b]))
+
+    todo = [b for b in range(len(hyps)) if nouns[b] and misses(b)]
     written = {b: "fluent" for b in range(len(hyps))}
     if todo and cfg.fusion > 0:
         for b, h in zip(todo, decode(Fused(model.decoder, fluent, cfg.fusion), features[todo], vocab, cfg)):
             hyps[b], written[b] = h, "fused"
-        todo = [b for b in todo if not (hyps[b] and names_any([vocab.itos[t] for t in hyps[b][0].tokens], nouns[b]))]
+        todo = [b for b in todo if misses(b)]
     if todo:
         for b, h in zip(todo, decode(model.decoder, features[todo], vocab, cfg)):
             hyps[b], written[b] = h, "grounded"

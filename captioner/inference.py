@@ -192,12 +192,12 @@ class Captioner:
         return out
 
     @torch.no_grad()
-    def encode(self, media) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode(self, media, classify: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The encoding half of the path: preprocessed images (B,3,H,W), clips (B,F,3,H,W) or a list of either
-        -> what the decoder reads (B,P,E) and the CNN's class probabilities (B,C) (None without a classifier).
-        fp16 autocast for the encoder on CUDA."""
+        -> what the decoder reads (B,P,E) and the CNN's class probabilities (B,C) (None without a classifier,
+        or when not asked for: what the CNN sees is shown, never needed to decode). fp16 autocast on CUDA."""
         with encoder_precision(self.device):
-            return self.model.encode_and_classify(media_to(media, self.device))
+            return self.model.encode_and_classify(media_to(media, self.device), classify)
 
     @torch.no_grad()
     def caption_and_see(self, media, cfg: DecodeConfig | None = None

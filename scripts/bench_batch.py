@@ -166,8 +166,8 @@ def main(argv=None) -> int:
             print(f"(b) captioner batch, engine {k:8s} {v:6.1f} files/s")
         print(f"onnx batch / torch batch        = {b['onnx'] / b['torch']:.2f} (target >= 2)")
         for k in b:
-            print(f"{k} batch / {k} forward {' ' * (14 - 2 * len(k))}= {b[k] / e[k]:.3f}"
-                  + ("" if k == "torch" else " (target >= 0.85)"))
+            target = "" if k == "torch" else " (target >= 0.85)"
+            print(f"{f'{k} batch / {k} forward':31s} = {b[k] / e[k]:.3f}{target}")
         if auto in b:
             print(f"auto engine ({auto}) batch / fastest forward ({fastest}) = {b[auto] / e[fastest]:.3f} "
                   f"(target >= 0.85)")
