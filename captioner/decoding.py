@@ -169,8 +169,7 @@ def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int, 
     K, device = beam_size, _device(state)
     examples = list(range(batch_size))  # original index of each example still in flight
     rows = torch.arange(batch_size, device=device).repeat_interleave(K)  # (B*K,): beam rows per example
-    state = reorder_state(state, rows)
-    tokens = torch.full((batch_size * K,), bos_id, dtype=torch.long, device=device)
+    tokens = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)  # the first step: one row each
     seqs = torch.zeros(batch_size * K, 0, dtype=torch.long, device=device)  # (N,t)
     beam_score = torch.full((batch_size, K), NEG_INF, device=device)
     beam_score[:, 0] = 0.0  # step 0 expands beam 0 only: the K copies are identical
@@ -180,6 +179,8 @@ def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int, 
 
     for t in range(max_len):
         log_probs, state = step_fn(tokens, state)  # (N,V)
+        if t == 0:  # an example's K beams begin as copies of one: its first step is taken once, then copied
+            log_probs, state = log_probs[rows], reorder_state(state, rows)  # (B,V) -> (B*K,V)
         att = _append_attention(att, state)
         V = log_probs.size(1)
         cand = beam_score.view(-1, 1) + rules.apply(log_probs, seqs)  # (N,V)

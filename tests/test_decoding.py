@@ -125,9 +125,11 @@ def test_n_best_is_sorted_distinct_and_scored_by_true_log_probs():
 
 
 def test_finished_examples_leave_the_batch():
-    # example 0 ends at once with certainty; example 1 runs long. Rows in flight must shrink.
+    # example 0 says A and ends, with certainty; example 1 runs long. Rows in flight must shrink.
     table = torch.full((2, V, V), float("-inf"))
     table[0, :, EOS] = 0.0
+    table[0, BOS] = float("-inf")
+    table[0, BOS, A] = 0.0
     table[1, :, A] = math.log(0.9)
     table[1, :, EOS] = math.log(0.1)
     seen = []
@@ -137,8 +139,10 @@ def test_finished_examples_leave_the_batch():
         return table[state["ex"], tokens], state
 
     out = run_beam(step, {"ex": torch.tensor([0, 1])}, 2, 2, max_len=6)
-    assert out[0][0].tokens == [] and out[0][0].finished
-    assert seen[0] == 4 and seen[-1] == 2  # 2 examples x 2 beams, then only example 1's beams
+    assert out[0][0].tokens == [A] and out[0][0].finished
+    # the first step once per example (its beams begin as copies), then 2 examples x 2 beams, then only
+    # example 1's beams
+    assert seen[:3] == [2, 4, 2] and seen[-1] == 2
 
 
 def test_length_penalty_prefers_the_longer_caption():
