@@ -166,3 +166,34 @@ def test_shared_clips_manifest_reads_as_videos():
     assert not data.missing
     rows = [json.loads(line) for line in (VIDEOS / "captions.jsonl").read_text().splitlines()]
     assert data.items[0].captions == rows[0]["captions"]
+
+
+def test_still_clips_are_readable_videos_that_move_and_keep_the_objects(tmp_path):
+    """scripts/make_still_clips.py: the clip development set made from captioned photos (everyday's first two)."""
+    import importlib.util
+    from pathlib import Path
+
+    from captioner.datasets import read_captions
+
+    spec = importlib.util.spec_from_file_location("make_still_clips",
+                                                  Path(__file__).resolve().parents[1] / "scripts" / "make_still_clips.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lines = (DATA / "everyday" / "captions.jsonl").read_text().splitlines()[:2]
+    photos = tmp_path / "photos.jsonl"
+    photos.write_text("\n".join(lines) + "\n")
+    # jsonl image paths are relative to the file's images/ folder
+    (tmp_path / "images").symlink_to(DATA / "everyday" / "images")
+    made = mod.make_clips(str(photos), tmp_path / "clips", seconds=1.0, fps=8, size=(96, 72))
+    clips = read_captions(str(made))
+    assert [Path(it.image).name for it in clips.items] == [json.loads(x)["image"].replace(".jpg", ".mp4") for x in lines]
+    assert [it.objects for it in clips.items] == [json.loads(x)["objects"] for x in lines]
+    info = video_info(clips.items[0].image)
+    assert (info.width, info.height) == (96, 72) and abs(info.duration - 1.0) < 0.2
+    frames = read_video_frames(clips.items[0].image, num_frames=4).frames
+    first, last = (np.asarray(f, dtype=np.float32) for f in (frames[0], frames[-1]))
+    assert np.abs(first - last).mean() > 5  # the view zooms and drifts: not a still
+    assert mod.main([str(photos), "--out", str(tmp_path / "x"), "--size", "97x72"]) == 2
+    # the crop at the start is the photo's largest crop of the clip's aspect, centred; at the end `zoom` of it
+    assert mod.crop_box(400, 300, 0.0, 0.75, 4 / 3, 1) == (0.0, 0.0, 400.0, 300.0)
+    assert mod.crop_box(400, 300, 1.0, 0.75, 4 / 3, 1) == (100.0, 37.5, 400.0, 262.5)
