@@ -48,7 +48,7 @@ def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Im
             if min_side and img.format == "JPEG":  # a no-op for photos under 4x min_side
                 img.draft("RGB", (2 * min_side, 2 * min_side))
             img = ImageOps.exif_transpose(img)
-            return img.convert("RGB")  # forces a full decode, so truncated files fail here
+            return _to_rgb(img)  # forces a full decode, so truncated files fail here
     except MediaError:
         raise
     except UnidentifiedImageError:
@@ -57,6 +57,23 @@ def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Im
         raise MediaError(f"{path}: refused as a decompression bomb ({exc})") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise MediaError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """An image as a viewer shows it, in 8-bit RGB: transparent parts over white (not over whatever colour the
+    file keeps under them, often black), 16-bit samples scaled down from their range (PIL's own conversion
+    clips them at 255: a 16-bit grayscale photo would turn white), float samples from [0, 1] if that is their
+    range, else clipped to [0, 255]."""
+    if img.mode.startswith("I"):  # I;16, I;16B, ... and I (how some readers give 16-bit files)
+        img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if np.nanmax(a, initial=0.0) <= 1.0 else 1.0
+        img = Image.fromarray(np.nan_to_num(np.round(a * scale)).clip(0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 class Preprocess:
@@ -100,8 +117,8 @@ class Preprocess:
         return image.crop((left, top, left + self.size, top + self.size))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = image if image.mode == "RGB" else _to_rgb(image)  # PIL inputs as files are read (load_image)
         image = self.augment(self.resized(image)) if self.augment else self.view(image)
-        image = image if image.mode == "RGB" else image.convert("RGB")
         x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3,H,W)
         return (x.float().div(255) - self.mean) / self.std
 

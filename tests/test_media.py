@@ -46,8 +46,32 @@ def test_load_image_accepts_str_and_converts_grey_and_rgba(tmp_path):
     Image.new("RGBA", (4, 4), (10, 20, 30, 128)).save(rgba)
     g = load_image(str(grey))
     assert g.mode == "RGB" and g.size == (5, 3) and g.getpixel((0, 0)) == (200, 200, 200)
-    r = load_image(rgba)
-    assert r.mode == "RGB" and r.getpixel((1, 1)) == (10, 20, 30)
+    r = load_image(rgba)  # half transparent: over white, as a viewer shows it
+    assert r.mode == "RGB"
+    assert r.getpixel((1, 1)) == pytest.approx(tuple(round(v * 128 / 255 + 255 * 127 / 255) for v in (10, 20, 30)),
+                                               abs=1)
+
+
+def test_transparency_is_shown_over_white_and_16_bit_and_float_samples_are_scaled(tmp_path):
+    import numpy as np
+
+    photo = np.asarray(Image.open(JPG).convert("L"))  # (H,W) uint8
+    wide = tmp_path / "grey16.png"
+    Image.fromarray(photo.astype(np.uint16) * 257).save(wide)  # the same photo with 16-bit samples
+    assert Image.open(wide).mode.startswith("I")
+    assert np.array_equal(np.asarray(load_image(wide)), np.asarray(Image.fromarray(photo).convert("RGB")))
+    floats = tmp_path / "grey.tiff"
+    Image.fromarray(photo.astype(np.float32) / 255).save(floats)  # float samples in [0, 1]
+    assert np.abs(np.asarray(load_image(floats), dtype=int) - photo[..., None]).max() <= 1
+    cut = np.asarray(Image.open(JPG).convert("RGBA")).copy()
+    cut[:, :100] = (0, 0, 0, 0)  # a cut-out: transparent black at the left
+    png = tmp_path / "cutout.png"
+    Image.fromarray(cut).save(png)
+    shown = np.asarray(load_image(png))
+    assert (shown[:, :100] == 255).all() and np.array_equal(shown[:, 100:], cut[:, 100:, :3])
+    # a PIL image given to the transform is shown the same way as the file
+    t = build_transform(SPEC)
+    assert torch.equal(t(Image.fromarray(cut)), t(load_image(png)))
 
 
 def test_exif_orientation_6_is_honoured(tmp_path):
