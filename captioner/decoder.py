@@ -203,12 +203,13 @@ class CaptionDecoder(nn.Module):
         new["h"], new["c"] = h.unsqueeze(1), c.unsqueeze(1)  # (B,1,H)
         return h, new
 
-    def _advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
-        """One recurrent step: tokens (B,) -> top-layer output (B,H), the input embedding (B,D), new state."""
-        x = emb = self._embed(tokens)  # (B,D)
-        if self._fast_step():
+    def _advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+        """One recurrent step: tokens (B,) -> top-layer output (B,H), the input embedding (B,D) (None from
+        decoding's fast step where no copy head reads it), new state."""
+        if self._fast_step():  # the embedding is in the gate table; only the copy head reads it
             out, new = self._lstm_step(tokens, state)
-            return out, emb, new
+            return out, self._embed(tokens) if self.copy is not None else None, new
+        x = emb = self._embed(tokens)  # (B,D)
         new: State = dict(state)
         if self.attention is not None:
             h_top = state["h"][:, -1]  # (B,H)

@@ -190,10 +190,10 @@ def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int, 
         word_logp = beam_logp[src_row] + log_probs[src_row, word]  # (B',2K)
 
         keep_rows, keep_words, keep_scores, keep_logp, still = [], [], [], [], []
-        for e, ex in enumerate(examples):
+        top = zip(top_score.tolist(), src_row.tolist(), word.tolist(), word_logp.tolist())  # per example
+        for e, (ex, (scores, srcs, words, logps)) in enumerate(zip(examples, top)):
             live = []
-            for rank, (s, r, w, lp) in enumerate(zip(top_score[e].tolist(), src_row[e].tolist(),
-                                                     word[e].tolist(), word_logp[e].tolist())):
+            for rank, (s, r, w, lp) in enumerate(zip(scores, srcs, words, logps)):
                 if s == NEG_INF:
                     break  # sorted: the rest are forbidden too
                 if w == rules.eos_id:
