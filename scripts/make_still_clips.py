@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from captioner.datasets import read_captions  # noqa: E402
-from captioner.errors import CaptionerError  # noqa: E402
+from captioner.errors import CaptionerError, MediaError  # noqa: E402
+from captioner.media import is_video, load_image  # noqa: E402
 
 
 def crop_box(width: int, height: int, t: float, zoom: float, aspect: float, direction: int
@@ -49,6 +50,7 @@ def write_clip(photo: Image.Image, path: Path, seconds: float, fps: int, size: t
     with av.open(str(path), "w") as container:
         stream = container.add_stream("h264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.thread_count = 1  # x264 on several threads wrote different pixels run to run
         for i in range(n):
             box = crop_box(photo.width, photo.height, i / (n - 1), zoom, width / height, direction)
             frame = photo.resize(size, Image.BILINEAR, box=box)
@@ -66,8 +68,10 @@ def make_clips(data: str, out: Path, seconds: float = 3.0, fps: int = 10, size: 
     lines = []
     for i, item in enumerate(items):
         name = Path(item.image).stem + ".mp4"
-        with Image.open(item.image) as photo:
-            write_clip(photo.convert("RGB"), out / name, seconds, fps, size, zoom, 1 if i % 2 else -1)
+        if is_video(item.image):
+            raise MediaError(f"{item.image}: a video; expected photos to make clips of")
+        photo = load_image(item.image)  # as captioning reads it: upright (EXIF), RGB
+        write_clip(photo, out / name, seconds, fps, size, zoom, 1 if i % 2 else -1)
         line = {"video": name, "captions": item.captions, "source": f"made from {Path(item.image).name}"}
         if item.objects:
             line["objects"] = item.objects
