@@ -186,7 +186,7 @@ def test_still_clips_are_readable_videos_that_move_and_keep_the_objects(tmp_path
     (tmp_path / "images").symlink_to(DATA / "everyday" / "images")
     made = mod.make_clips(str(photos), tmp_path / "clips", seconds=1.0, fps=8, size=(96, 72))
     clips = read_captions(str(made))
-    assert [Path(it.image).name for it in clips.items] == [json.loads(x)["image"].replace(".jpg", ".mp4") for x in lines]
+    assert [Path(it.image).name for it in clips.items] == [json.loads(x)["image"].replace(".jpg", ".avi") for x in lines]
     assert [it.objects for it in clips.items] == [json.loads(x)["objects"] for x in lines]
     info = video_info(clips.items[0].image)
     assert (info.width, info.height) == (96, 72) and abs(info.duration - 1.0) < 0.2
