@@ -26,7 +26,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -160,10 +160,15 @@ def read_and_report(path: str, images_dir: str | None, format: str | None, split
     if data.missing:
         log(f"warning: {data.missing_report()}")
     n_caps = sum(len(it.captions) for it in data.items)
-    n_vid = sum(is_video(it.image) for it in data.items)
-    kinds = f"{len(data.items) - n_vid} images" + (f", {n_vid} videos" if n_vid else "")
-    log(f"{what}: {kinds}, {n_caps} captions ({data.format}: {path})")
+    log(f"{what}: {count_media(data.items)}, {n_caps} captions ({data.format}: {path})")
     return data
+
+
+def count_media(items: Sequence[Item]) -> str:
+    """'80 images', '30 videos', '2 images, 8 videos'."""
+    n_vid = sum(is_video(it.image) for it in items)
+    kinds = [f"{n} {kind}" for n, kind in ((len(items) - n_vid, "images"), (n_vid, "videos")) if n]
+    return ", ".join(kinds) or "0 images"
 
 
 def _load_json(path: str):

@@ -514,3 +514,15 @@ def test_caption_pairs_on_real_coco_mini():
     for row, ids, cap in zip(captions.tolist(), encoded, first_eight):
         assert row == ids + [0] * (longest - len(ids))
         assert vocab.decode(row) == " ".join(tokenize(cap)[:16])
+
+
+def test_count_media_names_images_and_videos_by_extension():
+    from captioner.datasets import Item, count_media
+
+    def items(*names):
+        return [Item(n, ["a caption"], i) for i, n in enumerate(names)]
+
+    assert count_media(items("a.jpg", "b.png")) == "2 images"
+    assert count_media(items("a.mp4", "b.avi", "c.webm")) == "3 videos"
+    assert count_media(items("a.jpg", "b.mp4")) == "1 images, 1 videos"
+    assert count_media([]) == "0 images"

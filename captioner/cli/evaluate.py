@@ -28,11 +28,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..datasets import read_and_report
+    from ..datasets import count_media, read_and_report
     from ..evaluation import evaluate, format_table, write_outputs
     from ..grounding import format_grounding
     from ..inference import Captioner
-    from ..video import is_video
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     if args.out:
@@ -49,7 +48,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_table([(label, report["metrics"])]))
     print(format_grounding(report["grounding"]))
     wrote = f"; wrote {os.path.join(args.out, 'report.json')} and captions.json" if args.out else ""
-    n_vid = sum(is_video(it.image) for it in data.items)
-    kinds = " and ".join(f"{n} {kind}" for n, kind in ((report["items"] - n_vid, "images"), (n_vid, "videos")) if n)
-    print(f"{kinds or '0 images'} in {report['seconds']} s; captions generated, not teacher-forced{wrote}")
+    print(f"{count_media(data.items)} in {report['seconds']} s; captions generated, not teacher-forced{wrote}")
     return 0
