@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +32,15 @@ from .copying import CopyHead
 from .vocab import Vocabulary
 
 State = dict[str, torch.Tensor]
+
+
+def _tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh for decoding's LSTM step. On the CPU by NumPy: torch's CPU tanh ran 4.5x slower than NumPy's SIMD
+    one here (640x512 floats: 590 vs 130 us, 2 threads vs 1; torch's sigmoid takes 90), two calls per step
+    on every beam row. The two agree to 1 ulp (6e-8)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return torch.tanh(x)
+    return torch.from_numpy(np.tanh(x.numpy()))
 
 
 class DecoderOutput(NamedTuple):
@@ -191,15 +201,15 @@ class CaptionDecoder(nn.Module):
     def _lstm_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tokens (B,) -> top-layer output (B,H), new state (with "concept_gates" (B,4H) kept for the next steps)."""
         new: State = dict(state)
-        gates = self._input_gates()[tokens]  # (B,4H)
+        gates = self._input_gates().index_select(0, tokens)  # (B,4H), a new tensor: updated in place below
         if "concept" in state:
             if "concept_gates" not in state:
                 new["concept_gates"] = state["concept"] @ self.rnn.weight_ih_l0[:, self.cfg.embed_dim:].t()
-            gates = gates + new["concept_gates"]
-        gates = torch.addmm(gates, state["h"][:, 0], self.rnn.weight_hh_l0.t())
+            gates += new["concept_gates"]
+        gates.addmm_(state["h"][:, 0], self.rnn.weight_hh_l0.t())
         i, f, g, o = gates.chunk(4, dim=1)  # (B,H) each
-        c = torch.sigmoid(f) * state["c"][:, 0] + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        c = torch.sigmoid(f) * state["c"][:, 0] + torch.sigmoid(i) * _tanh(g)
+        h = torch.sigmoid(o) * _tanh(c)
         new["h"], new["c"] = h.unsqueeze(1), c.unsqueeze(1)  # (B,1,H)
         return h, new
 

@@ -3,7 +3,9 @@ about search, and search knows nothing about the model).
 
     step_fn(tokens (N,), state) -> (log_probs (N,V), state)
 `state` is a dict of tensors with the batch on dim 0 (see decoder.py); an entry "alpha" (N,P), if present,
-is the attention of the step just taken and is collected per output token.
+is the attention of the step just taken and is collected per output token. A step function returns new
+tensors for the entries it changes and the others as they came (it never updates an entry in place): beam
+search selects an untouched entry's rows only when examples leave the batch.
 
 Shapes: B batch, K beam, N rows in flight (B*K for beam search), V vocab, t steps so far, P positions.
 
@@ -61,7 +63,7 @@ class Rules:
         """log_probs (N,V), seqs (N,t) words so far -> adjusted scores (N,V); forbidden tokens at -inf."""
         out = log_probs.clone()
         if self.banned:
-            out[:, list(self.banned)] = NEG_INF
+            out.index_fill_(1, torch.tensor(self.banned, device=out.device), NEG_INF)
         if seqs.size(1) < self.min_len:
             out[:, self.eos_id] = NEG_INF
         if self.no_end is not None and seqs.size(1):
@@ -72,8 +74,9 @@ class Rules:
             said = torch.zeros_like(out, dtype=torch.bool).scatter_(1, seqs, True)  # (N,V)
             out = torch.where(said, out * self.repetition_penalty, out)
         if self.once is not None and seqs.size(1):
-            said = torch.zeros_like(out, dtype=torch.bool).scatter_(1, seqs, True)  # (N,V)
-            out = out.masked_fill(said & self.once.to(out.device), NEG_INF)
+            # Only the t words said so far can be closed: written back in place of a (N,V) mask per step.
+            closed = self.once.to(out.device)[seqs]  # (N,t)
+            out.scatter_(1, seqs, out.gather(1, seqs).masked_fill(closed, NEG_INF))
         n = self.no_repeat_ngram_size
         if n and seqs.size(1) >= n:
             windows = seqs.unfold(1, n, 1)  # (N,W,n): every n-gram said so far
@@ -99,9 +102,10 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def reorder_state(state: State, index: torch.Tensor) -> State:
-    """Select rows of every state tensor: index (N',) -> state with N' rows."""
-    return {k: v.index_select(0, index) for k, v in state.items()}
+def reorder_state(state: State, index: torch.Tensor, keep: frozenset[str] = frozenset()) -> State:
+    """Select rows of every state tensor: index (N',) -> state with N' rows; entries in `keep` are passed as
+    they are (the caller knows that selecting their rows would change nothing)."""
+    return {k: v if k in keep else v.index_select(0, index) for k, v in state.items()}
 
 
 def _device(state: State) -> torch.device:
@@ -178,12 +182,16 @@ def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int, 
     finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
 
     for t in range(max_len):
+        before = state
         log_probs, state = step_fn(tokens, state)  # (N,V)
         if t == 0:  # an example's K beams begin as copies of one: its first step is taken once, then copied
             log_probs, state = log_probs[rows], reorder_state(state, rows)  # (B,V) -> (B*K,V)
+        # What the step left as it was (the image's candidates, concept, ...) is the same on an example's K
+        # rows: reordering beams within examples cannot change it, so it is selected only when examples leave.
+        untouched = frozenset(k for k, v in state.items() if before.get(k) is v)
         att = _append_attention(att, state)
         V = log_probs.size(1)
-        cand = beam_score.view(-1, 1) + rules.apply(log_probs, seqs)  # (N,V)
+        cand = rules.apply(log_probs, seqs).add_(beam_score.view(-1, 1))  # (N,V)
         top_score, top_idx = cand.view(len(examples), K * V).topk(min(2 * K, K * V), dim=1)  # (B',2K)
         src_row = top_idx // V + torch.arange(len(examples), device=device)[:, None] * K  # (B',2K) row in N
         word = top_idx % V  # (B',2K)
@@ -222,7 +230,7 @@ def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int, 
             break
         select = torch.tensor(keep_rows, device=device)
         tokens = torch.tensor(keep_words, device=device)
-        state = reorder_state(state, select)
+        state = reorder_state(state, select, untouched if len(still) == len(examples) else frozenset())
         seqs = torch.cat([seqs[select], tokens[:, None]], 1)
         att = att[select] if att is not None else None
         beam_score = torch.tensor(keep_scores, device=device).view(len(still), K)
