@@ -41,8 +41,8 @@ from .config import DecodeConfig, ModelConfig
 from .decoder import CaptionDecoder, State
 from .decoding import Hypothesis, decode
 from .errors import CheckpointError
-from .grounding import names_any
-from .vocab import Vocabulary
+from .grounding import could_name, names_any
+from .vocab import SPECIALS, Vocabulary
 
 # what a fluent payload keeps of the checkpoint it came from, besides its weights
 PAYLOAD_KEYS = ("model_config", "vocab", "train_config", "data", "scores", "held_out_scores", "epoch")
@@ -62,6 +62,7 @@ class FluentDecoder(nn.Module):
         self.own = own
         self.meta = meta  # PAYLOAD_KEYS of its checkpoint: what it was trained on, and how
         self.to_shared = [shared.stoi[w] for w in own.itos[: own.generated]]  # (W,) shared id of each own word
+        self.words = frozenset(own.itos[len(SPECIALS): own.generated])  # what its captions can say
         from_shared = torch.full((len(shared),), Vocabulary.unk_id, dtype=torch.long)
         from_shared[torch.tensor(self.to_shared)] = torch.arange(len(self.to_shared))
         self.register_buffer("from_shared", from_shared, persistent=False)  # (V,) own id of each word, else UNK
@@ -144,13 +145,22 @@ def decode_model(model, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeCo
     if fluent is None or not cfg.fluent:
         return decode(model.decoder, features, vocab, cfg)
     state = model.decoder.init_state(features)
-    hyps = fluent.search(features, replace(cfg, require_object=False, person_prob=cfg.fluent_person_prob),
-                         state.get("person_logit"))
+    fluent_cfg = replace(cfg, require_object=False, person_prob=cfg.fluent_person_prob)
     if "cand_ids" not in state:
-        return hyps
+        return fluent.search(features, fluent_cfg, state.get("person_logit"))
     sure = state["cand_logp"] >= math.log(cfg.ground_prob)  # (B,K)
     nouns = [[vocab.itos[i] for i, ok in zip(ids, oks) if ok]
              for ids, oks in zip(state["cand_ids"].tolist(), sure.tolist())]
+    # An input sure to be handed over (no noun the CNN is sure of is a word the fluent decoder has: a baboon,
+    # a quokka) is not searched by it: its caption could not name one.
+    searched = [b for b in range(len(nouns)) if not nouns[b] or could_name(nouns[b], fluent.words)]
+    hyps: list[list[Hypothesis]] = [[] for _ in nouns]
+    if searched:
+        feats, person = features, state.get("person_logit")  # (B',P,E), (B',)
+        if len(searched) < len(nouns):
+            feats, person = features[searched], None if person is None else person[searched]
+        for b, h in zip(searched, fluent.search(feats, fluent_cfg, person)):
+            hyps[b] = h
 
     def misses(b: int) -> bool:  # input b's best caption names none of the nouns the CNN is sure of
         return not (hyps[b] and names_any([vocab.itos[t] for t in hyps[b][0].tokens], nouns[b]))

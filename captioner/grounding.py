@@ -19,7 +19,7 @@ COCO's 80 categories with their common names and the ImageNet noun table's words
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Sequence
+from typing import Container, Sequence
 
 from .vocab import tokenize
 
@@ -82,6 +82,13 @@ def names_any(tokens: Sequence[str], words: Sequence[str]) -> bool:
     """Whether the tokens name any of `words` (whole words, singular or plural; 'hot dog' as two tokens)."""
     terms = _terms(tokens)
     return any(form in terms for w in words if w.strip() for form in _forms(w))
+
+
+def could_name(words: Sequence[str], known: Container[str]) -> bool:
+    """Whether a caption of `known` words could name any of `words` as names_any matches them: a form of one
+    word, or of two as a word pair, every word of it known."""
+    forms = (f.split("_") for w in words if w.strip() for f in _forms(w))
+    return any(len(parts) <= 2 and all(p in known for p in parts) for parts in forms)
 
 
 def mentions_person(tokens: Sequence[str]) -> bool:

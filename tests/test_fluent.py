@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -137,6 +138,28 @@ def test_the_fluent_caption_stands_unless_it_misses_a_noun_the_cnn_is_sure_of(me
     assert words(decode_model(model, feats, SHARED, gated), SHARED) == ["a dog sitting on the grass"] * 2
     open_gate = DecodeConfig(method=method, ground_prob=1.0, person_gate=True, fluent_person_prob=0.001)
     assert words(decode_model(model, feats, SHARED, open_gate), SHARED) == ["a man sitting on the grass"] * 2
+
+
+def test_a_photo_whose_sure_noun_the_fluent_decoder_lacks_is_handed_over_without_its_search():
+    class Counting(Fluent):
+        def __init__(self):
+            self.rows = []  # the rows each search began with
+
+        def init_state(self, feats):
+            self.rows.append(feats.size(0))
+            return super().init_state(feats)
+
+    fluent = Counting()
+    model = SimpleNamespace(decoder=Grounded(), fluent=scripted(fluent))
+    # row 0: 90 % sure of a snake, a word the fluent decoder does not have; row 1: 20 % sure
+    cfg = DecodeConfig(method="beam", beam_size=2, ground_prob=0.5, fusion=0.0)
+    hyps = decode_model(model, torch.zeros(2, 1, 4), SHARED, cfg)
+    assert words(hyps, SHARED) == ["a snake in the grass", "a man sitting on the grass"]
+    assert [h[0].decoder for h in hyps] == ["grounded", "fluent"]
+    assert fluent.rows == [1]  # only row 1 was searched by the fluent decoder
+    fluent.rows.clear()
+    decode_model(model, torch.zeros(1, 1, 4), SHARED, replace(cfg, fusion=0.25))
+    assert fluent.rows == [1]  # once, by the fused decoder: no search of its own
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])

@@ -12,8 +12,8 @@ from captioner.config import DecodeConfig, TrainConfig
 from captioner.datasets import Item, read_captions, shows_person, training_weights
 from captioner.decoding import greedy, rules_for
 from captioner.errors import ConfigError, DatasetError
-from captioner.grounding import (agreed_subjects, format_grounding, grounding_metrics, mentioned_objects,
-                                 names_any, repeats_content_word)
+from captioner.grounding import (agreed_subjects, could_name, format_grounding, grounding_metrics,
+                                 mentioned_objects, names_any, repeats_content_word)
 from captioner.training import EpochSampler
 from captioner.vocab import SPECIALS, Vocabulary, tokenize
 from conftest import COCO_MINI_TRAIN, COCO_MINI_TRAIN_IMAGES, DATA
@@ -30,6 +30,17 @@ def test_subject_is_named_by_whole_words_singular_or_plural():
     assert not names_any(tokenize("a category of things"), ["cat"])  # a word inside another does not count
     assert not names_any(tokenize("a catalog on a table"), ["cat", "cats"])
     assert not names_any(tokenize("a bus stop"), [])
+
+
+def test_could_name_agrees_with_names_any_on_what_a_vocabulary_can_say():
+    words = {"a", "dog", "hot", "wolves", "bus"}
+    assert could_name(["wolf"], words)  # "wolves" would name it
+    assert could_name(["snake", "hot dog"], words)  # "hot dog" from two known words
+    assert not could_name(["hot dog"], {"a", "dog"})
+    assert not could_name(["snake", "cat"], words)
+    assert not could_name(["traffic light pole"], {"traffic", "light", "pole"})  # names_any matches pairs only
+    assert not names_any(tokenize("traffic light pole"), ["traffic light pole"])
+    assert not could_name([], words) and not could_name([" "], words)
 
 
 def test_repetition_counts_content_words_and_plurals_but_not_function_words():
