@@ -10,9 +10,9 @@ so a caption is made the same way by every engine.
 
 `use_engine(model, "auto" | "torch" | "onnx" | "openvino", device)` picks and installs one: auto = ONNX
 Runtime on the CPU (a dependency; OpenVINO, `pip install 'captioner[openvino]'`, only where it is missing),
-torch on CUDA (torch + AMP stays the GPU path). OpenVINO's forward is 5-10 % faster here, but the batch
-command is not measurably faster with it (the decoder's share is the same) and a cold `captioner caption`
-starts 0.15 s slower (import and compilation), so it is a choice, not the default. Both graph engines read
+torch on CUDA (torch + AMP stays the GPU path). OpenVINO's forward is 5-20 % faster here and the batch command
+up to 7 % (the decoder's share is the same), but a cold `captioner caption` starts 0.15 s slower (import and
+compilation) and it is an optional 180 MB install, so it is a choice, not the default. Both graph engines read
 one exported graph, cached in
 <cache>/captioner/onnx/<key>.onnx, next to the feature cache and keyed the same way: the weights by value
 (ImageEncoder.fingerprint), the layer structure, the input size, the layout (pooled or grid), and the
