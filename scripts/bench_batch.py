@@ -10,8 +10,9 @@ measures, in one process, with the same checkpoint, batch size and workers, each
       with fsync) into a fresh .jsonl, with --engine torch, --engine onnx and --engine openvino (if installed)
 and prints the ratios (targets: onnx batch / torch batch >= 2; each graph engine's batch / its own plain
 forward >= 0.85, and the auto engine's batch / the fastest forward >= 0.85) and whether every engine wrote the
-same captions. Runs alternate --repeats times after one warm-up batch each;
-ratios use the medians.
+same captions. Runs alternate --repeats times after one warm-up batch each, each engine's batch right after
+its own forward; a ratio is the median of the per-run ratios (this machine's speed drifts from minute to
+minute, so ratios of medians taken minutes apart are not trusted), printed with each run's.
 Then peak memory: `python -m captioner batch` in a subprocess over --memory-files and 4x as many files;
 peak RSS (main process and its reaped workers, from wait4) must not grow with the number of files.
 
@@ -102,6 +103,13 @@ def full_batch(cap: Captioner, folder: str, cfg, batch_size: int, workers: int, 
     return s.ok / seconds, captions
 
 
+def paired(num: list[float], den: list[float]) -> str:
+    """The median of per-run ratios (measured minutes apart, not pooled across runs) and the ratios."""
+    ratios = [x / y for x, y in zip(num, den)]
+    runs = f" (runs: {', '.join(f'{r:.3f}' for r in ratios)})" if len(ratios) > 1 else ""
+    return f"{statistics.median(ratios):.3f}{runs}"
+
+
 def peak_rss_mb(args: list[str]) -> float:
     """Run a command; its peak resident memory (itself and reaped children) in MiB, from wait4."""
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -150,9 +158,8 @@ def main(argv=None) -> int:
         full: dict[str, list[float]] = {k: [] for k in caps}
         captions: dict[str, list[str]] = {}
         for r in range(a.repeats):
-            for k, f in forwards.items():
-                enc[k].append(encoder_only(cap, folder, a.batch_size, a.workers, f))
-            for k, c in caps.items():
+            for k, c in caps.items():  # each engine's batch right after its own forward: this machine drifts
+                enc[k].append(encoder_only(cap, folder, a.batch_size, a.workers, forwards[k]))
                 rate, captions[k] = full_batch(c, folder, cfg, a.batch_size, a.workers, model, tmp)
                 full[k].append(rate)
             print(f"  run {r + 1}: " + "  ".join(f"(a) {k} {v[-1]:.1f}" for k, v in enc.items()) + "  "
@@ -164,12 +171,13 @@ def main(argv=None) -> int:
             print(f"(a) encoder forward, {k:8s} {v:6.1f} files/s")
         for k, v in b.items():
             print(f"(b) captioner batch, engine {k:8s} {v:6.1f} files/s")
-        print(f"onnx batch / torch batch        = {b['onnx'] / b['torch']:.2f} (target >= 2)")
+        print(f"onnx batch / torch batch        = {paired(full['onnx'], full['torch'])} (target >= 2)")
         for k in b:
             target = "" if k == "torch" else " (target >= 0.85)"
-            print(f"{f'{k} batch / {k} forward':31s} = {b[k] / e[k]:.3f}{target}")
+            print(f"{f'{k} batch / {k} forward':31s} = {paired(full[k], enc[k])}{target}")
         if auto in b:
-            print(f"auto engine ({auto}) batch / fastest forward ({fastest}) = {b[auto] / e[fastest]:.3f} "
+            best = [max(v[r] for v in enc.values()) for r in range(a.repeats)]  # each run's fastest forward
+            print(f"auto engine ({auto}) batch / fastest forward ({fastest} by median) = {paired(full[auto], best)} "
                   f"(target >= 0.85)")
         same = sum(len({captions[k][i] for k in captions}) == 1 for i in range(len(captions["torch"])))
         print(f"same caption from all {len(captions)} engines: {same} of {len(captions['torch'])} files")
