@@ -120,7 +120,8 @@ class Fused:
         own = {k[len("fluent."):]: v for k, v in state.items() if k.startswith("fluent.")}
         grounded, mine = self.grounded.step(tokens, mine)  # (N,V)
         fluent, own = self.fluent.decoder.step(self.fluent.from_shared[tokens], own)  # (N,W)
-        fused = torch.log_softmax(grounded + self.weight * fluent.index_select(1, self.fluent.from_shared), dim=-1)  # (N,V)
+        fluent = fluent.index_select(1, self.fluent.from_shared)  # (N,V): <unk>'s log-prob for words it lacks
+        fused = torch.log_softmax(grounded + self.weight * fluent, dim=-1)  # (N,V)
         return fused, {**mine, **{"fluent." + k: v for k, v in own.items()}}
 
 
