@@ -55,6 +55,7 @@ them his her he she him some two three four several many one other each another 
 """.split())
 
 
+@lru_cache(maxsize=8192)  # decoding asks for the same nouns' forms for every photo (inflect: ~20 us a call)
 def _forms(word: str) -> tuple[str, ...]:
     """A noun and its plural ("hot_dog", "hot_dogs"). Matching goes this way round because singularizing is
     unreliable on words that end in s (inflect turns "bus" into "bu")."""

@@ -104,7 +104,8 @@ def full_batch(cap: Captioner, folder: str, cfg, batch_size: int, workers: int, 
 
 
 def paired(num: list[float], den: list[float]) -> str:
-    """The median of per-run ratios (measured minutes apart, not pooled across runs) and the ratios."""
+    """The median of the runs' own ratios (each from two measurements taken one after the other; a ratio of
+    medians would pair measurements taken minutes apart), and those ratios."""
     ratios = [x / y for x, y in zip(num, den)]
     runs = f" (runs: {', '.join(f'{r:.3f}' for r in ratios)})" if len(ratios) > 1 else ""
     return f"{statistics.median(ratios):.3f}{runs}"
