@@ -191,7 +191,7 @@ class DecodeConfig:
     top_p: float = 1.0  # sampling only; 1 = off
     seed: int | None = None  # sampling only
     # copy models: when the CNN is confident of a noun (probability >= require_prob), the caption must name
-    # one such noun: one that does not is decoded again beginning with it (decoding._name_the_subject)
+    # one such noun: one that does not is searched again with constrained beam search (decoding._name_the_subject)
     require_object: bool = False
     require_prob: float = 0.5  # how sure the CNN must be of a noun for --require-object to insist on it
     # a content word (not grounding.FUNCTION_WORDS) may be said only once: no "a cat on top of a cat"

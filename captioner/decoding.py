@@ -25,7 +25,7 @@ import torch
 
 from .config import DecodeConfig
 from .errors import ConfigError
-from .grounding import FUNCTION_WORDS, PERSON_WORDS
+from .grounding import FUNCTION_WORDS, PERSON_WORDS, noun_forms
 from .vocab import Vocabulary
 
 State = dict[str, torch.Tensor]
@@ -247,6 +247,112 @@ def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int, 
     return [sorted(h, key=lambda h: (not h.finished, -h.score))[:num_captions] for h in finished]
 
 
+def constrained_beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int, bos_id: int,
+                            max_len: int, rules: Rules, meets: torch.Tensor, num_captions: int = 1,
+                            alpha: float = 0.0) -> list[list[Hypothesis]]:
+    """Beam search whose captions must say one of the words `meets` (B,V) bool marks for each example:
+    constrained beam search (Anderson et al., 2017, "Guided Open Vocabulary Image Captioning with Constrained
+    Beam Search") for one disjunctive constraint. Each example keeps two banks of K beams: rows e*2K .. e*2K+K-1
+    have not said a word of `meets` yet, the next K have. A step fills the first bank with the best
+    continuations that do not say one, the second with the best of its own continuations and of the first
+    bank's that do; only the second bank may end. So the word goes wherever the model finds it most probable,
+    and the rest of the caption is searched around it.
+
+    Ranking: a finished caption scores (s - c) / lp(len) + c, where s is the sum of its adjusted log-probs and
+    c the one of the constraint word: every caption pays for that word once, so length normalisation must not
+    spread its cost (a noun the model finds unlikely would otherwise make run-ons win, as in `forcing`). With
+    alpha 0 this is plain constrained beam search. Where max_len comes first, the second bank's beams are
+    returned unfinished (finished=False, after any finished ones); where no beam met the constraint (its words
+    forbidden), nothing."""
+    K, device = beam_size, _device(state)
+    rows = torch.arange(batch_size, device=device).repeat_interleave(2 * K)  # (B*2K,) example of each row
+    tokens = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)  # the first step: one row each
+    seqs = torch.zeros(batch_size * 2 * K, 0, dtype=torch.long, device=device)  # (N,t)
+    beam_score = torch.full((batch_size, 2 * K), NEG_INF, device=device)  # (B',2K): both banks
+    beam_score[:, 0] = 0.0  # the empty caption, in the first bank
+    beam_logp = torch.zeros(batch_size * 2 * K, device=device)  # (N,) true model log-probs
+    beam_cost = torch.zeros(batch_size * 2 * K, device=device)  # (N,) c: the constraint word's adjusted log-prob
+    examples = list(range(batch_size))  # original index of each example still in flight
+    meets = meets.to(device)
+    att = None
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
+
+    def ranked(s: float, c: float, length: int) -> float:
+        return (s - c) / length_penalty(length, alpha) + c
+
+    for t in range(max_len):
+        log_probs, state = step_fn(tokens, state)  # (N,V)
+        if t == 0:
+            log_probs, state = log_probs[rows], reorder_state(state, rows)  # (B,V) -> (B*2K,V)
+        att = _append_attention(att, state)
+        B_, V = len(examples), log_probs.size(1)
+        adjusted = rules.apply(log_probs, seqs)  # (N,V)
+        cand = (adjusted + beam_score.view(-1, 1)).view(B_, 2, K, V)  # (B',bank,K,V)
+        says = meets[examples].view(B_, 1, V)  # (B',1,V)
+        not_yet = cand[:, 0].masked_fill(says, NEG_INF)  # (B',K,V)
+        not_yet[:, :, rules.eos_id] = NEG_INF  # the first bank may not end
+        met = torch.cat([cand[:, 1], cand[:, 0].masked_fill(~says, NEG_INF)], 1)  # (B',2K,V): bank 2, then bank 1
+        first_score, first_idx = not_yet.view(B_, K * V).topk(K, dim=1)  # (B',K)
+        met_score, met_idx = met.view(B_, 2 * K * V).topk(2 * K, dim=1)  # (B',2K)
+        base = torch.arange(B_, device=device)[:, None] * 2 * K  # (B',1): each example's first row
+        from_second = met_idx // V < K  # (B',2K): a second-bank beam going on, else one meeting the constraint
+        met_src = base + torch.where(from_second, K + met_idx // V, met_idx // V - K)  # (B',2K)
+        src = torch.cat([base + first_idx // V, met_src], 1)  # (B',3K) rows in N
+        word = torch.cat([first_idx, met_idx], 1) % V  # (B',3K)
+        word_logp = beam_logp[src] + log_probs[src, word]  # (B',3K)
+        cost = torch.cat([torch.zeros_like(first_score), torch.where(
+            from_second, beam_cost[met_src], adjusted[met_src, met_idx % V])], 1)  # (B',3K)
+        scores = torch.cat([first_score, met_score], 1)  # (B',3K)
+
+        keep_rows, keep_words, keep_scores, keep_logp, keep_cost, still = [], [], [], [], [], []
+        top = zip(scores.tolist(), src.tolist(), word.tolist(), word_logp.tolist(), cost.tolist())
+        for ex, (s_, r_, w_, lp_, c_) in zip(examples, top):
+            first = list(zip(r_[:K], w_[:K], s_[:K], lp_[:K], c_[:K]))
+            live = []
+            for rank, (s, r, w, lp, c) in enumerate(zip(s_[K:], r_[K:], w_[K:], lp_[K:], c_[K:])):
+                if s == NEG_INF:
+                    break  # sorted: the rest are forbidden too
+                if w == rules.eos_id:
+                    if rank < K:  # as in beam_search: an EOS below K would not have survived as a beam
+                        h = _hyp(seqs[r], s, lp, True, att, r, 0.0)
+                        h.score = ranked(s, c, len(h.tokens))
+                        finished[ex].append(h)
+                elif len(live) < K:
+                    live.append((r, w, s, lp, c))
+            done = sorted(finished[ex], key=lambda h: -h.score)[:K]
+            finished[ex] = done
+            # No beam can end better than its score now, its own words over the largest length penalty.
+            bound = max([ranked(s, c, max_len) for _, _, s, _, c in live + first if s > NEG_INF], default=NEG_INF)
+            if bound == NEG_INF or (len(done) >= num_captions and bound <= done[num_captions - 1].score):
+                continue  # this example is complete: it leaves the batch
+            live += [(first[0][0], rules.eos_id, NEG_INF, 0.0, 0.0)] * (K - len(live))  # dead beams: K a bank
+            still.append(ex)
+            for r, w, s, lp, c in first + live:
+                keep_rows.append(r), keep_words.append(w), keep_scores.append(s), keep_logp.append(lp)
+                keep_cost.append(c)
+        if not still:
+            examples = []
+            break
+        select = torch.tensor(keep_rows, device=device)
+        tokens = torch.tensor(keep_words, device=device)
+        state = reorder_state(state, select)
+        seqs = torch.cat([seqs[select], tokens[:, None]], 1)
+        att = att[select] if att is not None else None
+        beam_score = torch.tensor(keep_scores, device=device).view(len(still), 2 * K)
+        beam_logp = torch.tensor(keep_logp, device=device)
+        beam_cost = torch.tensor(keep_cost, device=device)
+        examples = still
+    # max_len reached: the second bank's live beams become (unfinished) candidates, ranked after finished ones.
+    for e, ex in enumerate(examples):
+        for r in range(e * 2 * K + K, e * 2 * K + 2 * K):
+            s = float(beam_score.view(-1)[r])
+            if s > NEG_INF:
+                h = _hyp(seqs[r], s, float(beam_logp[r]), False, att, r, 0.0)
+                h.score = ranked(s, float(beam_cost[r]), len(h.tokens))
+                finished[ex].append(h)
+    return [sorted(h, key=lambda h: (not h.finished, -h.score))[:num_captions] for h in finished]
+
+
 def _hyp(seq: torch.Tensor, score: float, logp: float, ended: bool, att: torch.Tensor | None, row: int,
          alpha: float) -> Hypothesis:
     """A hypothesis from beam row `row`: its words so far, ranked by score / lp(len)."""
@@ -352,28 +458,40 @@ def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig
         hyps = sample(step, state, B, cfg.num_captions, vocab.bos_id, cfg.max_len, rules, cfg.temperature,
                       cfg.top_k, cfg.top_p, generator)
     if cfg.require_object and prefix is None:
-        hyps = _name_the_subject(decoder, features, vocab, cfg, hyps, state)
+        hyps = _name_the_subject(decoder, step, state, features, vocab, cfg, rules, hyps)
     return hyps
 
 
-def _name_the_subject(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig,
-                      hyps: list[list[Hypothesis]], state: State) -> list[list[Hypothesis]]:
-    """--require-object: a caption that names none of the nouns the CNN is at least cfg.require_prob sure of is
-    decoded again beginning with the most probable one, "a <noun> ..." (the subject first: the constraint
-    placed where Anderson et al. 2017's constrained beam search may place it, and where a noun reads as what
-    the photo shows; forbidding EOS until the noun is said, tried first, tacked it onto the end: "... on the
-    side of a road snake"). Where the begun caption does not end within max_len, the free one stays."""
+def _name_the_subject(decoder, step: StepFn, state: State, features: torch.Tensor, vocab: Vocabulary,
+                      cfg: DecodeConfig, rules: Rules, hyps: list[list[Hypothesis]]) -> list[list[Hypothesis]]:
+    """--require-object: a caption that names none of the nouns the CNN is at least cfg.require_prob sure of
+    (singular or plural) is searched again with constrained beam search (greedy: one beam a bank), which must say
+    one of them: the noun goes where the model finds it most probable and the caption is searched around it
+    ("a group of people standing around a snake"). Sampled captions are begun with the most probable noun
+    instead, "a <noun> ..." (constrained search is not sampling). Where no constrained caption ends within
+    max_len, the free one stays. `step` and `state` are decode's: the person gate and every rule apply."""
     confident = state["cand_logp"] >= math.log(cfg.require_prob)  # (B,K), candidates most probable first
-    ids = state["cand_ids"].tolist()
-    todo = [b for b, h in enumerate(hyps) if bool(confident[b, 0]) and h and
-            not any(w in h[0].tokens for w, ok in zip(ids[b], confident[b].tolist()) if ok)]
-    article = vocab.stoi.get("a")
-    if not todo or article is None:
+    meets = torch.zeros(len(hyps), len(vocab), dtype=torch.bool)  # (B,V): the words that name a confident noun
+    for b, (ids, oks) in enumerate(zip(state["cand_ids"].tolist(), confident.tolist())):
+        for form in (f for i, ok in zip(ids, oks) if ok for f in noun_forms(vocab.itos[i])):
+            if form in vocab.stoi:
+                meets[b, vocab.stoi[form]] = True
+    todo = [b for b, h in enumerate(hyps) if h and bool(meets[b].any()) and not bool(meets[b, h[0].tokens].any())]
+    if not todo:
         return hyps
-    noun = state["cand_ids"][todo, 0]  # (S,)
-    prefix = torch.stack([torch.full_like(noun, article), noun], dim=1)  # (S,2): "a <noun>"
-    begun = decode(decoder, features[todo], vocab, replace(cfg, require_object=False), prefix=prefix)
-    for b, h in zip(todo, begun):
+    if cfg.method == "sample":
+        article = vocab.stoi.get("a")
+        if article is None:
+            return hyps
+        noun = state["cand_ids"][todo, 0]  # (S,)
+        prefix = torch.stack([torch.full_like(noun, article), noun], dim=1)  # (S,2): "a <noun>"
+        again = decode(decoder, features[todo], vocab, replace(cfg, require_object=False), prefix=prefix)
+    else:
+        rows, beam = torch.tensor(todo, device=features.device), cfg.method == "beam"
+        again = constrained_beam_search(step, reorder_state(state, rows), len(todo), cfg.beam_size if beam else 1,
+                                        vocab.bos_id, cfg.max_len, rules, meets[todo], cfg.num_captions,
+                                        cfg.length_penalty if beam else 0.0)
+    for b, h in zip(todo, again):
         if h and h[0].finished:
-            hyps[b] = h
+            hyps[b] = [x for x in h if x.finished]
     return hyps

@@ -56,7 +56,7 @@ them his her he she him some two three four several many one other each another 
 
 
 @lru_cache(maxsize=8192)  # decoding asks for the same nouns' forms for every photo (inflect: ~20 us a call)
-def _forms(word: str) -> tuple[str, ...]:
+def noun_forms(word: str) -> tuple[str, ...]:
     """A noun and its plural ("hot_dog", "hot_dogs"). Matching goes this way round because singularizing is
     unreliable on words that end in s (inflect turns "bus" into "bu")."""
     from .grammar import plural
@@ -71,7 +71,7 @@ def _canonical() -> dict[str, str]:
     from .nouns import default_nouns
 
     nouns = {w.replace(" ", "_") for w in default_nouns().words} | set(COCO_OBJECTS)
-    return {form: w for w in sorted(nouns - PERSON_WORDS) for form in _forms(w)}
+    return {form: w for w in sorted(nouns - PERSON_WORDS) for form in noun_forms(w)}
 
 
 def _terms(tokens: Sequence[str]) -> set[str]:
@@ -82,13 +82,13 @@ def _terms(tokens: Sequence[str]) -> set[str]:
 def names_any(tokens: Sequence[str], words: Sequence[str]) -> bool:
     """Whether the tokens name any of `words` (whole words, singular or plural; 'hot dog' as two tokens)."""
     terms = _terms(tokens)
-    return any(form in terms for w in words if w.strip() for form in _forms(w))
+    return any(form in terms for w in words if w.strip() for form in noun_forms(w))
 
 
 def could_name(words: Sequence[str], known: Container[str]) -> bool:
     """Whether a caption of `known` words could name any of `words` as names_any matches them: a form of one
     word, or of two as a word pair, every word of it known."""
-    forms = (f.split("_") for w in words if w.strip() for f in _forms(w))
+    forms = (f.split("_") for w in words if w.strip() for f in noun_forms(w))
     return any(len(parts) <= 2 and all(p in known for p in parts) for parts in forms)
 
 

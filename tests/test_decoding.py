@@ -1,10 +1,12 @@
 """Search algorithms tested with scripted step functions: hand-made distributions, no model at all."""
+import itertools
 import math
 
 import pytest
 import torch
 
-from captioner.decoding import Hypothesis, Rules, beam_search, greedy, length_penalty, sample
+from captioner.decoding import (Hypothesis, Rules, beam_search, constrained_beam_search, greedy, length_penalty,
+                                sample)
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 A, B, C, D = 4, 5, 6, 7
@@ -286,3 +288,63 @@ def test_beam_search_returns_a_hypothesis_even_when_every_continuation_is_banned
     hyps = beam_search(step, {"x": torch.zeros(2, 1)}, 2, 3, 1, 10, rules)
     assert [len(h) for h in hyps] == [1, 1]
     assert hyps[0][0].tokens == [] and not hyps[0][0].finished
+
+
+def best_constrained(step, ex, meets, max_len, alpha):
+    """By enumeration: the best caption of example `ex` that says a word of meets (V,), as
+    constrained_beam_search ranks it: (log p - c) / lp(len) + c, c the log-prob of the first such word."""
+    words = [w for w in range(V) if w not in RULES.banned and w != EOS]
+    best = None
+    for n in range(max_len):
+        for seq in itertools.product(words, repeat=n):
+            if not any(meets[w] for w in seq):
+                continue
+            prev, total, c = BOS, 0.0, None
+            for w in (*seq, EOS):
+                lp = float(step.table[ex, prev, w])
+                total, prev = total + lp, w
+                c = lp if c is None and w != EOS and meets[w] else c
+            score = (total - c) / length_penalty(n, alpha) + c
+            if best is None or score > best[0]:
+                best = (score, list(seq), total)
+    return best
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+def test_constrained_beam_search_with_wide_banks_finds_the_best_caption_that_says_the_word(alpha):
+    n, max_len = 3, 4
+    step = random_markov(n, seed=5, eos_boost=1.0)
+    meets = torch.zeros(n, V, dtype=torch.bool)
+    meets[0, C] = meets[1, A] = meets[1, D] = meets[2, B] = True  # example 1: either word will do
+    out = constrained_beam_search(step, step.state(range(n)), n, 256, BOS, max_len, RULES, meets, alpha=alpha)
+    for ex in range(n):
+        score, tokens, log_prob = best_constrained(step, ex, meets[ex], max_len, alpha)
+        assert out[ex][0].tokens == tokens and out[ex][0].finished
+        assert out[ex][0].score == pytest.approx(score, abs=1e-5)
+        assert out[ex][0].log_prob == pytest.approx(log_prob, abs=1e-5)  # the true log-prob, the word's included
+
+
+def test_constrained_beam_search_always_says_the_word_batched_as_alone():
+    n, k = 6, 3
+    step = random_markov(n, seed=7, eos_boost=2.0)
+    meets = torch.zeros(n, V, dtype=torch.bool)
+    meets[torch.arange(n), torch.tensor([A, B, C, D, A, B])] = True
+    free = run_beam(step, step.state(range(n)), n, k, max_len=9)
+    batched = constrained_beam_search(step, step.state(range(n)), n, k, BOS, 9, RULES, meets, num_captions=2, alpha=0.5)
+    assert any(not meets[i, f[0].tokens].any() for i, f in enumerate(free))  # the constraint changes something
+    assert sum(h.finished for hs in batched for h in hs) >= n  # (one may run out of length: then unfinished)
+    for i in range(n):
+        assert len(batched[i]) == 2 and all(meets[i, h.tokens].any() for h in batched[i])
+        alone = constrained_beam_search(step, step.state([i]), 1, k, BOS, 9, RULES, meets[i:i + 1], num_captions=2,
+                                        alpha=0.5)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
+
+
+def test_constrained_beam_search_gives_nothing_where_the_word_cannot_be_said():
+    step = random_markov(2, seed=2)
+    meets = torch.zeros(2, V, dtype=torch.bool)
+    meets[0, A] = meets[1, C] = True
+    rules = Rules(eos_id=EOS, banned=(PAD, BOS, C))  # example 1's word is banned
+    out = constrained_beam_search(step, step.state(range(2)), 2, 3, BOS, 6, rules, meets)
+    assert out[0] and A in out[0][0].tokens
+    assert out[1] == []

@@ -1,6 +1,7 @@
 """Grounding: the subject / person / repetition / hallucination rates on hand-made cases, the jsonl `objects`
 field, several training sources at once, person re-weighting, and the content-word repetition ban."""
 import json
+import math
 import subprocess
 import sys
 
@@ -200,35 +201,44 @@ def test_person_detector_trains_beside_the_caption_and_gates_person_words(tmp_pa
     assert any(PERSON_WORDS & set(p.split()) for p, on in zip(plain, fired.tolist()) if not on)  # it did change some
 
 
-def test_require_object_begins_with_the_noun_where_the_model_cannot_work_it_in():
+def test_require_object_searches_for_the_caption_that_names_the_noun_where_the_model_puts_it():
     from captioner.decoding import decode
 
-    vocab = Vocabulary(list(SPECIALS) + "a dog on grass snake".split())
-    snake = vocab.stoi["snake"]
+    vocab = Vocabulary(list(SPECIALS) + "a dog on grass snake near".split())
 
-    class NeverSaysSnake:  # a scripted decoder: "a dog on grass" then EOS, and "snake" never likely
+    class Scripted:  # next-word probabilities by the caption so far; its own caption is "a dog on grass"
+        nexts = {"": {"a": 0.9, "grass": 0.1}, "a": {"dog": 0.8, "snake": 0.01, "grass": 0.19},
+                 "a dog": {"on": 0.7, "near": 0.3}, "a dog on": {"grass": 0.9, "a": 0.1},
+                 "a dog near": {"a": 1.0}, "a dog near a": {"snake": 0.5, "dog": 0.5}}
+
         def init_state(self, feats):
             B = feats.size(0)
-            return {"t": torch.zeros(B, dtype=torch.long), "cand_ids": torch.full((B, 1), snake),
-                    "cand_logp": torch.full((B, 1), -0.1)}  # the CNN is sure: p = 0.9
+            return {"said": torch.zeros(B, 0, dtype=torch.long), "cand_ids": torch.full((B, 1), vocab.stoi["snake"]),
+                    "cand_logp": torch.full((B, 1), -0.1)}  # the CNN is sure of a snake: p = 0.9
 
         def step(self, tokens, state):
-            script = [vocab.stoi[w] for w in "a dog on grass".split()] + [vocab.eos_id]
-            logp = torch.full((tokens.size(0), len(vocab)), -3.0)
-            logp[:, snake] = -50.0
-            for i, t in enumerate(state["t"].tolist()):
-                logp[i, script[min(t, len(script) - 1)]] = -0.05
-            return logp, {**state, "t": state["t"] + 1}
+            said = state["said"] if tokens[0] == vocab.bos_id else torch.cat([state["said"], tokens[:, None]], 1)
+            logp = torch.full((tokens.size(0), len(vocab)), -30.0)
+            for i, row in enumerate(said.tolist()):
+                for word, p in self.nexts.get(vocab.decode(row), {"<eos>": 0.9}).items():
+                    logp[i, vocab.stoi[word]] = math.log(p)
+            return logp, {**state, "said": said}
 
     feats = torch.zeros(2, 1, 4)
-    for method in ("greedy", "beam"):
-        free = decode(NeverSaysSnake(), feats, vocab, DecodeConfig(method=method, max_len=8))
-        forced = decode(NeverSaysSnake(), feats, vocab, DecodeConfig(method=method, max_len=8, require_object=True))
-        assert [vocab.decode(h[0].tokens) for h in free] == ["a dog on grass"] * 2
-        # not an 8-word run-on that never names it: the caption is begun with the noun, the model goes on
-        assert [vocab.decode(h[0].tokens) for h in forced] == ["a snake on grass"] * 2
-        assert all(h[0].finished for h in forced)
-        assert forced[0][0].log_prob == pytest.approx(-0.05 * 3)  # the words the model chose: on grass EOS
+    free = decode(Scripted(), feats, vocab, DecodeConfig(method="beam", max_len=8))
+    named = decode(Scripted(), feats, vocab, DecodeConfig(method="beam", max_len=8, require_object=True))
+    assert [vocab.decode(h[0].tokens) for h in free] == ["a dog on grass"] * 2
+    # the most probable caption that says it, where the model puts it ("... near a snake"): not the noun forced
+    # first ("a snake", 0.01) nor tacked on where the model would end
+    assert [vocab.decode(h[0].tokens) for h in named] == ["a dog near a snake"] * 2
+    assert named[0][0].finished
+    assert named[0][0].log_prob == pytest.approx(math.log(0.9 * 0.8 * 0.3 * 1.0 * 0.5 * 0.9))
+    # greedy: one beam a bank, it follows its own caption and takes the noun where it first can
+    greedy_named = decode(Scripted(), feats, vocab, DecodeConfig(method="greedy", max_len=8, require_object=True))
+    assert [vocab.decode(h[0].tokens) for h in greedy_named] == ["a snake"] * 2
+    # sampling is begun with the noun instead (top-k 1: deterministic), "a snake", and the model goes on
+    sampled = decode(Scripted(), feats, vocab, DecodeConfig(method="sample", top_k=1, max_len=8, require_object=True))
+    assert [vocab.decode(h[0].tokens) for h in sampled] == ["a snake"] * 2
 
 
 def test_the_shipped_default_decodes_grounded_and_names_a_subject_coco_has_no_word_for():
