@@ -198,6 +198,8 @@ class DecodeConfig:
     no_repeat_words: bool = False
     # a caption may not end with an article, preposition or "is" (decoding.BAD_ENDINGS): no "... with a"
     no_bad_endings: bool = True
+    # no article after a group's or a container's noun and "of" (decoding.COLLECTIVES): no "a group of a giraffe"
+    no_article_after_collective: bool = True
     # models with a person detector (ModelConfig.person_gate): person words only where it says there is one
     person_gate: bool = False
     person_prob: float = 0.5  # how sure the detector must be of a person before a caption may say one

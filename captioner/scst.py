@@ -47,7 +47,8 @@ def sample_captions(decoder, feats: torch.Tensor, vocab: Vocabulary, k: int, max
     """K captions per image sampled from the model (temperature 1, nothing filtered, UNK allowed: SCST learns
     to avoid it). feats (B,P,E) -> N = B*K word-id lists, image-major, each ending in EOS if it ended."""
     cfg = DecodeConfig(method="sample", num_captions=k, max_len=max_len, min_len=0, length_penalty=0.0,
-                       suppress_unk=False, no_bad_endings=False)
+                       suppress_unk=False, no_bad_endings=False,
+                       no_article_after_collective=False)
     hyps = decode(decoder, feats, vocab, cfg)
     return [h.tokens + ([vocab.eos_id] if h.finished else []) for per_image in hyps for h in per_image]
 

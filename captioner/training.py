@@ -61,7 +61,8 @@ def validate(model: CaptionModel, val_set: CaptionSet, val_feats: torch.Tensor, 
         tokens += n_tok
     # the model's own greedy captions: the decoding rules a shipped model adds (no bad endings, ...) are chosen
     # after training (scripts/ship_default.py), so they do not choose its epoch
-    greedy = DecodeConfig(method="greedy", max_len=cfg.max_len, no_bad_endings=False)
+    greedy = DecodeConfig(method="greedy", max_len=cfg.max_len, no_bad_endings=False,
+                          no_article_after_collective=False)
     with tqdm(total=len(val_feats), desc="generating", disable=not progress, leave=False) as bar:
         hyps = Captioner(model, vocab, device, greedy, engine="torch").best_captions(val_feats, greedy,
                                                                                      cfg.batch_size, bar.update)

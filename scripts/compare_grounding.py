@@ -10,8 +10,8 @@ A decoding setting is a comma-separated list of: "greedy", "beam K", "lp A", "re
 --require-prob P), "free" (no --require-object), "once" / "repeat" (--no-repeat-words or not), "person [P]" /
 "anyone" (--person-gate [--person-prob P] or not); for models with a fluent decoder (fluent.py) "ground P"
 (--ground-prob P), "fluent-person P" (--fluent-person-prob P), "fusion W" (--fusion W), "grounded"
-(--no-fluent); "ends" (--allow-bad-endings); "checkpoint" (the checkpoint's own decode_config, the start of
-every setting).
+(--no-fluent); "ends" (--allow-bad-endings); "articles" (--allow-article-after-collective); "checkpoint" (the
+checkpoint's own decode_config, the start of every setting).
 """
 from __future__ import annotations
 
@@ -61,10 +61,12 @@ def parse_decoding(text: str, base: DecodeConfig) -> DecodeConfig:
             cfg = replace(cfg, fluent=False)
         elif word == "ends":
             cfg = replace(cfg, no_bad_endings=False)
+        elif word == "articles":
+            cfg = replace(cfg, no_article_after_collective=False)
         else:
             raise SystemExit(f"unknown decoding part {part!r}; use greedy, beam K, lp A, require P, free, once, "
-                             f"repeat, person, anyone, ground P, fluent-person P, fusion W, grounded, ends or "
-                             f"checkpoint")
+                             f"repeat, person, anyone, ground P, fluent-person P, fusion W, grounded, ends, "
+                             f"articles or checkpoint")
     return cfg
 
 

@@ -97,7 +97,8 @@ def main(argv=None) -> int:
         ckpt.pop("fluent", None)  # the grounded decoder's choices are made on it alone
         cap = load_as_shipped(ckpt, args.out)
         model_cfg = cap.model.cfg
-        fixed = {"no_repeat_words": True, "no_bad_endings": True, "person_gate": model_cfg.person_gate, "fluent": False}
+        fixed = {"no_repeat_words": True, "no_bad_endings": True, "no_article_after_collective": True,
+                 "person_gate": model_cfg.person_gate, "fluent": False}
         rows = []
         for cfg in GRID:
             report, _ = evaluate(cap, val, replace(cfg, **fixed), meteor=False, progress=False)

@@ -52,8 +52,9 @@ def markov_from(rows):
 class Tree:
     """Next-word distribution by the whole prefix: {prefix tuple: {word: prob}}. State: a prefix id per row."""
 
-    def __init__(self, dists):
+    def __init__(self, dists, vocab_size=V):
         self.dists = dists
+        self.vocab_size = vocab_size
         self.ids = {(): 0}
         self.prefixes = [()]
 
@@ -68,7 +69,7 @@ class Tree:
                 self.ids[prefix] = len(self.prefixes)
                 self.prefixes.append(prefix)
             nodes.append(self.ids[prefix])
-            lp = torch.full((V,), float("-inf"))
+            lp = torch.full((self.vocab_size,), float("-inf"))
             for w, p in self.dists.get(prefix, {EOS: 1.0}).items():
                 lp[w] = log(p)
             rows.append(lp)
@@ -188,6 +189,30 @@ def test_the_default_decoding_never_ends_on_an_article_or_preposition():
     assert [vocab.itos[i] for i in rules.no_end.nonzero().flatten().tolist()] == ["a", "with", "the"]
     assert {"a", "an", "the", "with", "of", "on"} <= BAD_ENDINGS
     assert rules_for(DecodeConfig(no_bad_endings=False), vocab).no_end is None
+
+
+def test_no_article_after_a_group_or_a_container_and_of():
+    from captioner.config import DecodeConfig
+    from captioner.decoding import rules_for
+    from captioner.vocab import SPECIALS, Vocabulary
+
+    vocab = Vocabulary(list(SPECIALS) + "a an group picture of dog dogs".split())
+    a, group, picture, of, dog, dogs = (vocab.stoi[w] for w in "a group picture of dog dogs".split())
+    # the model's own favourite is "a group of a dog" (self-critical training's "a group of a giraffe")
+    tree = Tree({(): {a: 1.0}, (a,): {group: 0.9, picture: 0.1}, (a, group): {of: 1.0},
+                 (a, group, of): {a: 0.8, dogs: 0.2}, (a, group, of, a): {dog: 1.0},
+                 (a, picture): {of: 1.0}, (a, picture, of): {a: 1.0}, (a, picture, of, a): {dog: 1.0}},
+                vocab_size=len(vocab))
+    free = rules_for(DecodeConfig(no_article_after_collective=False), vocab)
+    assert vocab.decode(run_beam(tree, tree.state(1), 1, 2, rules=free)[0][0].tokens) == "a group of a dog"
+    rules = rules_for(DecodeConfig(), vocab)
+    for hyps in (run_beam(tree, tree.state(1), 1, 2, rules=rules), greedy(tree, tree.state(1), 1, BOS, 10, rules)):
+        assert vocab.decode(hyps[0][0].tokens) == "a group of dogs"
+    # only after a collective noun and "of": "a picture of a dog" keeps its article
+    seqs = torch.tensor([[a, picture, of], [a, group, of], [a, group, dog]])
+    scores = rules.apply(torch.zeros(3, len(vocab)), seqs)
+    assert torch.isinf(scores[:, [a, vocab.stoi["an"]]]).tolist() == [[False, False], [True, True], [False, False]]
+    assert not torch.isinf(scores[:, dogs]).any()
 
 
 def test_no_repeat_ngram_blocks_a_repeated_trigram():

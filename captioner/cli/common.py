@@ -59,6 +59,9 @@ def add_decode_flags(p: argparse.ArgumentParser) -> None:
                    help="allow a content word to be said again")
     g.add_argument("--allow-bad-endings", dest="no_bad_endings", action="store_false", default=None,
                    help="let a caption end with an article or a preposition (\"... with a\"; forbidden by default)")
+    g.add_argument("--allow-article-after-collective", dest="no_article_after_collective", action="store_false",
+                   default=None, help="let \"a group of\", \"a vase of\" ... be followed by \"a\" or \"an\" "
+                                      "(forbidden by default)")
     g.add_argument("--no-fluent", dest="fluent", action="store_false", default=None,
                    help="models with a fluent decoder too: caption with the grounded decoder alone")
     g.add_argument("--ground-prob", dest="ground_prob", type=float,
