@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from .config import DecodeConfig
+from .grammar import GROUP_WORDS
 from .errors import ConfigError
 from .grounding import FUNCTION_WORDS, PERSON_WORDS, noun_forms
 from .vocab import Vocabulary
@@ -39,9 +40,9 @@ BAD_ENDINGS = frozenset("a an the in for at of with before after on upon near to
 # "a group of", "a vase of" is plural or a mass noun, never "a"/"an" (0 of the 634 "group of" and 181 "couple of"
 # in the coco2017 train captions). Self-critical training learns "a group of a giraffe", "a vase of a teddy
 # bear": the article is CIDEr-D's cheap bridge from a cliché's opening to the noun.
-COLLECTIVES = frozenset(
-    "group groups herd herds bunch bunches couple pair pairs flock flocks crowd crowds row rows stack stacks pile "
-    "piles number lots variety assortment collection fleet vase vases bowl bowls cup cups basket baskets".split())
+COLLECTIVES = GROUP_WORDS | frozenset(
+    "bunch bunches stack stacks pile piles lots variety assortment collection vase vases bowl bowls cup cups basket "
+    "baskets".split())
 ARTICLES = ("a", "an")
 
 

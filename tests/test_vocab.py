@@ -167,6 +167,17 @@ def test_decode_makes_articles_and_plurals_agree():
     assert plain.decode(ids("a umbrella on two dog")) == "an umbrella on two dog"
 
 
+def test_a_copied_noun_after_a_group_of_is_plural_where_it_heads_its_phrase():
+    words = "a group herd of on standing player players cattle".split()
+    v = Vocabulary([PAD, BOS, EOS, UNK, *words]).extend(["wolf", "baseball", "cattle"])
+    ids = lambda text: [v.stoi[w] for w in text.split()]  # noqa: E731
+    assert v.decode(ids("a group of wolf standing on a group of wolf")) == \
+        "a group of wolves standing on a group of wolves"
+    assert v.decode(ids("a group of baseball players")) == "a group of baseball players"  # "baseball" is no head
+    assert v.decode(ids("a herd of cattle")) == "a herd of cattle"  # plural already: not "cattles"
+    assert v.decode(ids("a wolf of wolf")) == "a wolf of wolf"  # "of" after a word that is no group's
+
+
 def test_to_dict_is_a_copy(vocab):
     data = vocab.to_dict()
     data["itos"].append("zebra")
