@@ -8,8 +8,9 @@ against the photo path on the same subjects.
 Each clip (Motion JPEG in .avi, written by PyAV) starts on the whole photo cropped to the clip's aspect and ends on the
 `--zoom` share of it, drifting to one side (left and right alternate); it has the photo's captions and
 `objects`, so `captioner evaluate` reports subject named, person where none, repeats and hallucination for
-clips as it does for photos. What it does not have is real motion (moving subjects, cuts, blur): a check of
-the path, not a substitute for real clips. The source set's terms apply to what this writes; never train on
+clips as it does for photos. `--zoom 1.0` makes still clips of the whole photo (cropped to the clip's aspect):
+what those lose against the photos is the frames' doing, the rest the move's. What the clips do not have is real
+motion (moving subjects, cuts, blur): a check of the path, not a substitute for real clips. The source set's terms apply to what this writes; never train on
 clips of a development set.
 """
 from __future__ import annotations
