@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 
 from .config import DecodeConfig
-from .grammar import GROUP_WORDS
 from .errors import ConfigError
+from .grammar import GROUP_WORDS
 from .grounding import FUNCTION_WORDS, PERSON_WORDS, noun_forms
 from .vocab import Vocabulary
 
