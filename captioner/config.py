@@ -194,7 +194,7 @@ class DecodeConfig:
     # one such noun: one that does not is searched again with constrained beam search (decoding._name_the_subject)
     require_object: bool = False
     require_prob: float = 0.5  # how sure the CNN must be of a noun for --require-object to insist on it
-    # a content word (not grounding.FUNCTION_WORDS) may be said only once: no "a cat on top of a cat"
+    # a content word (not grammar.FUNCTION_WORDS) may be said only once: no "a cat on top of a cat"
     no_repeat_words: bool = False
     # a caption may not end with an article, preposition or "is" (decoding.BAD_ENDINGS): no "... with a"
     no_bad_endings: bool = True

@@ -25,8 +25,8 @@ import torch
 
 from .config import DecodeConfig
 from .errors import ConfigError
-from .grammar import GROUP_WORDS
-from .grounding import FUNCTION_WORDS, PERSON_WORDS, noun_forms
+from .grammar import FUNCTION_WORDS, GROUP_WORDS
+from .grounding import PERSON_WORDS, noun_forms
 from .vocab import Vocabulary
 
 State = dict[str, torch.Tensor]

@@ -11,6 +11,13 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Container
 
+# Words that carry no content of their own; any other word said twice is a repetition (grounding.py).
+FUNCTION_WORDS = frozenset("""
+a an the and or but of in on at to for with from by into onto over under near next up down out off
+is are was were be been being has have had do does it its it's this that these those there their they
+them his her he she him some two three four several many one other each another very while as
+'s n't top front side back middle
+""".split())
 NUMBER_WORDS = {"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "several", "many",
                 "multiple", "numerous", "few"}
 # Nouns for a group of countable things: "a herd of" takes a plural ("a herd of zebras"). Not "bunch", "pile",
@@ -57,8 +64,6 @@ def plural(noun: str) -> str:
 def _is_head(words: list[str], i: int) -> bool:
     """Whether words[i] ends its noun phrase: the caption ends, or a function word or an -ing verb follows
     ("a group of baseball players": "baseball" is not the head, and stays singular)."""
-    from .grounding import FUNCTION_WORDS  # grounding imports vocab, which imports this module
-
     return i + 1 == len(words) or words[i + 1] in FUNCTION_WORDS or words[i + 1].endswith("ing")
 
 

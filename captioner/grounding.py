@@ -21,6 +21,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Container, Sequence
 
+from .grammar import FUNCTION_WORDS
 from .vocab import tokenize
 
 PERSON_WORDS = frozenset("""
@@ -46,13 +47,6 @@ cell_phone phone microwave oven toaster sink refrigerator fridge book clock vase
 hair_drier hair_dryer toothbrush
 """.split())
 
-# Words that carry no content of their own; any other word said twice is a repetition.
-FUNCTION_WORDS = frozenset("""
-a an the and or but of in on at to for with from by into onto over under near next up down out off
-is are was were be been being has have had do does it its it's this that these those there their they
-them his her he she him some two three four several many one other each another very while as
-'s n't top front side back middle
-""".split())
 
 
 @lru_cache(maxsize=8192)  # decoding asks for the same nouns' forms for every photo (inflect: ~20 us a call)
