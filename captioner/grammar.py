@@ -24,6 +24,8 @@ NUMBER_WORDS = {"two", "three", "four", "five", "six", "seven", "eight", "nine",
 # "stack": "a pile of snow", "a bunch of broccoli" take a mass noun as well.
 GROUP_WORDS = frozenset("group groups herd herds flock flocks crowd crowds couple pair pairs number row rows pack "
                         "packs fleet".split())
+# Nouns that are plural already, which inflect pluralizes again ("cattles")
+PLURAL_ALREADY = frozenset("cattle livestock poultry police people".split())
 
 
 @lru_cache(maxsize=None)
@@ -53,10 +55,6 @@ def _article(word: str) -> str:
     return _engine().a(word).split(" ", 1)[0]
 
 
-# Nouns that are plural already, which inflect pluralizes again ("cattles")
-PLURAL_ALREADY = frozenset("cattle livestock poultry police people".split())
-
-
 def plural(noun: str) -> str:
     return noun if noun in PLURAL_ALREADY else _engine().plural_noun(noun) or noun
 
@@ -76,7 +74,7 @@ def agree(words: list[str], nouns: Container[str] = frozenset()) -> list[str]:
         nxt = out[i + 1]
         if out[i] in ("a", "an") and nxt[:1].isalpha():
             out[i] = _article(nxt)
-        elif nxt in nouns and _is_head(out, i + 1) and (
-                out[i] in NUMBER_WORDS or (out[i] == "of" and i and out[i - 1] in GROUP_WORDS)):
+        elif (out[i] in NUMBER_WORDS or (out[i] == "of" and i and out[i - 1] in GROUP_WORDS)) and nxt in nouns \
+                and _is_head(out, i + 1):
             out[i + 1] = plural(nxt)
     return out

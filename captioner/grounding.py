@@ -48,7 +48,6 @@ hair_drier hair_dryer toothbrush
 """.split())
 
 
-
 @lru_cache(maxsize=8192)  # decoding asks for the same nouns' forms for every photo (inflect: ~20 us a call)
 def noun_forms(word: str) -> tuple[str, ...]:
     """A noun and its plural ("hot_dog", "hot_dogs"). Matching goes this way round because singularizing is
