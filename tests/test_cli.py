@@ -153,3 +153,13 @@ def test_the_package_has_no_import_cycles():
 
     cycles = [c for c in (cycle_from(m, m, [m]) for m in sorted(graph)) if c]
     assert cycles == []
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`captioner info | head -0`: a reader that stops before the command writes gets no traceback on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "captioner.cli", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert stderr == ""

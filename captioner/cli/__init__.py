@@ -4,12 +4,14 @@ common.py. Building the parser imports no torch (`captioner --help` answers at o
 what it needs when it runs.
 
 User errors (bad flags, files, checkpoints) print one line `captioner: error: ...` and exit 2; they
-never show a traceback. Anything else is a bug and keeps its traceback.
+never show a traceback. Output piped into a reader that stops early (`captioner batch ... | head`) ends the
+command quietly, as it does for the shell's own tools. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from typing import Sequence
 
@@ -42,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CaptionerError as exc:
         print(f"captioner: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # (an OSError, so first) stdout's reader went away: stop, and let exit not flush again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what the shell reports for a tool its pipe's reader stopped
     except OSError as exc:  # the file system said no (a folder that is a file, a vanished input, a full disk)
         if exc.filename is None and exc.errno not in _STORAGE_ERRNOS:
             raise
