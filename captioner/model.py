@@ -43,8 +43,11 @@ class CaptionModel(nn.Module):
 
     def encode_and_classify(self, media: torch.Tensor | Sequence[torch.Tensor], classify: bool = True
                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`encode`, plus per input the ImageNet class probabilities (B,C) of the encoder's classifier,
-        averaged over a clip's frames (None if not asked for or the encoder has no classifier)."""
+        """`encode`, plus per input the ImageNet class probabilities (B,C) of the encoder's classifier over
+        a clip as the decoder reads it (None if not asked for or the encoder has no classifier): a video model
+        reads each frame, so the frames' probabilities are averaged; an image model reads the frames' mean
+        feature, whose probabilities (the classifier is linear: its logits are the frames' mean logits) are the
+        softmax of the frames' mean log-probabilities. The copy head computes the same from the features."""
         if isinstance(media, torch.Tensor):
             media = list(media)
         clips = [m.unsqueeze(0) if m.dim() == 3 else m for m in media]  # each (F_i,3,H,W)
@@ -53,7 +56,10 @@ class CaptionModel(nn.Module):
         feats = torch.stack([self.clip_features(f) for f in frame_feats.split(sizes)])  # each (F_i,P,E) in
         if frame_probs is None:
             return feats, None
-        return feats, torch.stack([p.mean(0) for p in frame_probs.split(sizes)])  # (B,C)
+        if self.cfg.is_video:
+            return feats, torch.stack([p.mean(0) for p in frame_probs.split(sizes)])  # (B,C)
+        return feats, torch.stack([torch.softmax(p.clamp(min=1e-30).log().mean(0), dim=-1)
+                                   for p in frame_probs.split(sizes)])  # (B,C); a photo's own, for one frame
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """The CNN alone: frames (N,3,H,W) -> (N,P,E)."""

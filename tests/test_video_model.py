@@ -254,3 +254,20 @@ def test_jsonl_mixes_images_and_videos(tmp_path):
     (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = read_captions(str(tmp_path / "mixed.jsonl"))
     assert [it.image for it in data.items] == [str(image), str(VIDEOS / "bikes.mp4")]
+
+
+def test_what_the_cnn_sees_in_a_clip_is_what_the_decoder_reads():
+    """An image model reads a clip's mean frame feature: the candidates it shows for a clip are the classifier's
+    probabilities of that feature, the same the copy head grounds its caption in (not the frames' mean
+    probability, which differs where frames disagree)."""
+    cap = Captioner.load(default_checkpoint())
+    clip = VIDEOS / "bigbuckbunny.mp4"
+    x = cap._load(str(clip))  # (F,3,H,W)
+    with torch.no_grad():
+        feats, probs = cap.model.encode_and_classify([x])  # (1,P,E), (1,C)
+        grounded = cap.model.decoder.copy.class_probs(feats)  # (1,C)
+        _, frame_probs = cap.model.encoder.features_and_probs(x)  # (F,C)
+    assert torch.allclose(probs, grounded, atol=1e-4)
+    assert not torch.allclose(probs, frame_probs.mean(0, keepdim=True), atol=1e-3)  # the frames disagree
+    assert cap.caption_detailed([str(clip)])[0].candidates[0].prob == pytest.approx(
+        float((grounded @ cap.model.decoder.copy.membership.float()).max()), abs=1e-3)
