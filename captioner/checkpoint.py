@@ -29,7 +29,6 @@ from .encoder import ImageEncoder
 from .errors import CheckpointError
 from .fluent import fluent_from_payload
 from .model import CaptionModel, build_model
-from .nouns import load_table
 from .vocab import Vocabulary
 
 FORMAT = "captioner-checkpoint"
@@ -54,7 +53,7 @@ def model_payload(model: CaptionModel, vocab: Vocabulary) -> dict[str, Any]:
         "decoder_state": model.decoder.state_dict(),
         "encoder_state": enc.state_dict() if keep_encoder else None,
         # a copy model's noun table (ImageNet class -> words), so it needs nothing outside this file
-        "copy_table": [list(r) for r in load_table()] if model.cfg.copy_nouns else None,
+        "copy_table": [list(r) for r in model.decoder.copy.table] if model.cfg.copy_nouns else None,
         # a second decoder trained on COCO alone, with its own config and vocabulary (fluent.py)
         **({"fluent": model.fluent.payload()} if model.fluent is not None else {}),
     }

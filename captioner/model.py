@@ -113,7 +113,8 @@ def build_model(cfg: ModelConfig, vocab_size: int, encoder_weights: str | None =
 def _copy_head(cfg: ModelConfig, encoder: ImageEncoder, vocab: Vocabulary | None, table) -> CopyHead:
     if vocab is None:
         raise ValueError("a copy model needs its vocabulary")
-    space = NounSpace(table if table is not None else load_table())
+    table = tuple(tuple(row) for row in (table if table is not None else load_table()))
+    space = NounSpace(table)
     missing = [w for w in space.words if w not in vocab.stoi]
     if missing:
         raise ConfigError(f"the vocabulary lacks {len(missing)} table nouns (e.g. {missing[0]!r}); "
@@ -125,6 +126,8 @@ def _copy_head(cfg: ModelConfig, encoder: ImageEncoder, vocab: Vocabulary | None
     # the gate reads the decoder's clip summary: a recurrent temporal encoder's states, else the mean feature
     summary_dim = (cfg.hidden_dim * (2 if cfg.temporal_bidirectional else 1) if cfg.temporal in ("lstm", "gru")
                    else encoder.feature_dim)
-    return CopyHead(len(vocab), vocab.generated, cfg.hidden_dim, cfg.embed_dim, summary_dim, cfg.copy_nouns,
+    head = CopyHead(len(vocab), vocab.generated, cfg.hidden_dim, cfg.embed_dim, summary_dim, cfg.copy_nouns,
                     weight, bias, space.membership, torch.tensor([vocab.stoi[w] for w in space.words]),
                     video=cfg.is_video, concepts=cfg.concepts)
+    head.table = table  # the model's own, saved with it: the package's table may change after it was trained
+    return head

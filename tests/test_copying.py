@@ -136,6 +136,28 @@ def test_require_object_needs_a_copy_model_and_forces_the_word():
         decode(plain.decoder, feats, vocab, DecodeConfig(require_object=True))
 
 
+def test_a_copy_model_keeps_the_noun_table_it_was_trained_with(tmp_path):
+    """A model trained before the package's table changed (here: ImageNet's "kite" still named "kite") saves,
+    loads, saves again and names what the CNN sees with its own table, never the package's."""
+    from captioner.checkpoint import load_checkpoint, model_payload, save_checkpoint
+
+    old = [list(row) for row in load_table()]
+    old[21] = ["bird", "hawk", "kite"]
+    old_words = NounSpace(old).words
+    assert "kite" in old_words and "kite" not in NOUNS.words
+    torch.manual_seed(0)
+    vocab = Vocabulary(list(SPECIALS) + "a dog on the grass".split()).extend(old_words)
+    model = build_model(ModelConfig(embed_dim=16, hidden_dim=32, dropout=0.0, copy_nouns=4), len(vocab),
+                        vocab=vocab, copy_table=old).eval()
+    save_checkpoint(tmp_path / "a.pt", model_payload(model, vocab))
+    cap = Captioner.load(tmp_path / "a.pt", engine="torch")
+    assert load_checkpoint(tmp_path / "a.pt")["copy_table"] == old
+    assert cap.nouns.words == old_words and torch.equal(cap.model.decoder.copy.membership, model.decoder.copy.membership)
+    save_checkpoint(tmp_path / "b.pt", model_payload(cap.model, cap.vocab))  # re-saved (SCST, ship_default.py)
+    assert load_checkpoint(tmp_path / "b.pt")["copy_table"] == old
+    assert Captioner.load(tmp_path / "b.pt", engine="torch").nouns.words == old_words
+
+
 def test_copy_config_is_validated():
     with pytest.raises(ConfigError, match="do not combine"):
         ModelConfig(copy_nouns=5, tie_weights=True).validate()
