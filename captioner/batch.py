@@ -80,10 +80,6 @@ def _worker_init(_: int) -> None:
     # The main process decides when to stop (after the batch in hand) and then shuts the workers down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    import warnings
-
-    from PIL import Image
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # media's own limit decides
 
 
 def make_loader(paths: Iterable[str], transform: Callable, batch_size: int, workers: int,

@@ -8,6 +8,7 @@ so a model never sees differently preprocessed images at test time than at train
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -41,7 +42,10 @@ def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Im
     features 2.7x further from the same photo at its original size (scripts/bench_jpeg.py)."""
     path = check_file(path, "image", "jpg, png, webp, ...")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # Pillow's warning from 89 Mpx on: our own limit, next, decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             w, h = img.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise MediaError(f"{path}: image is {w}x{h} pixels, over the limit of {MAX_IMAGE_PIXELS:,}")

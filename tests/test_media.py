@@ -147,9 +147,20 @@ def test_png_over_the_package_limit_is_refused_before_decoding(tmp_path):
     path = tmp_path / "huge.png"
     path.write_bytes(_png_claiming(11000, 11000))  # 121 Mpx: under Pillow's hard limit, over ours (120 Mpx)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Pillow warns above 89 Mpx
+        warnings.simplefilter("error")  # Pillow's own warning above 89 Mpx is not shown: our limit decides
         msg = _media_error(path)
     assert msg == f"{path}: image is 11000x11000 pixels, over the limit of 120,000,000"
+
+
+def test_a_photo_over_pillows_warning_size_is_read_without_its_warning(tmp_path):
+    """A 108 Mpx phone photo is under our limit: it is read, and Pillow's DecompressionBombWarning (from
+    89 Mpx on) does not reach the user's terminal."""
+    path = tmp_path / "phone.jpg"
+    Image.open(JPG).convert("RGB").resize((12000, 9000)).save(path, quality=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = load_image(path, min_side=260)
+    assert img.mode == "RGB" and img.size[0] * 3 == img.size[1] * 4 and min(img.size) >= 520  # DCT-scaled
 
 
 def test_pixel_limit_is_the_module_constant(monkeypatch):
