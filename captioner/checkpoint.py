@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from typing import Any
 
 import torch
@@ -98,6 +99,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if not zipfile.is_zipfile(path):  # torch.save's format since 1.6; its error for anything else misleads
+        with open(path, "rb") as f:
+            zip_start = f.read(4) == b"PK\x03\x04"
+        reason = ("truncated or corrupt: its zip archive is incomplete" if zip_start else
+                  "not a zip-format PyTorch file, the format `captioner train` saves")
+        raise CheckpointError(f"{path}: not a readable captioner checkpoint ({reason})")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:

@@ -82,8 +82,13 @@ def test_truncated_and_foreign_checkpoints(trained, tmp_path):
     data = (trained["dir"] / "best.pt").read_bytes()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt, truncated or foreign"):
+    with pytest.raises(CheckpointError, match=r"not a readable captioner checkpoint \(truncated or corrupt: its zip"):
         load_checkpoint(truncated)
+    image = tmp_path / "photo.pt"  # a file of another kind, named like a checkpoint
+    image.write_bytes(next(COCO_MINI_TRAIN_IMAGES.glob("*.jpg")).read_bytes())
+    with pytest.raises(CheckpointError, match=r"\(not a zip-format PyTorch file, the format `captioner train` "
+                                              r"saves\)$"):
+        load_checkpoint(image)
     foreign = tmp_path / "resnet.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, foreign)
     with pytest.raises(CheckpointError, match="not a captioner checkpoint"):
