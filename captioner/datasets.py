@@ -251,7 +251,8 @@ def _read_jsonl(path: str, split: str | None):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: invalid json ({exc.msg})") from None
+                raise DatasetError(f"{path}:{lineno}: invalid json at column {exc.colno} "
+                                   f"({exc.msg.removesuffix(' at')}); expected one JSON object per line") from None
             _add_row(by_image, row, f"{path}:{lineno}", split)
             if isinstance(row, dict) and "objects" in row:
                 words = row["objects"]

@@ -318,7 +318,8 @@ def test_jsonl_bad_line_names_file_and_line(tmp_path):
     path.write_text(json.dumps({"image": COCO_FILES[0], "caption": "ok"}) + "\n{not json\n")
     with pytest.raises(DatasetError) as info:
         read_captions(str(path), str(COCO_MINI / "train2017"))
-    assert str(info.value).startswith(f"{path}:2: invalid json")
+    assert str(info.value) == (f"{path}:2: invalid json at column 2 (Expecting property name enclosed in double "
+                               f"quotes); expected one JSON object per line")
 
 
 @pytest.mark.parametrize(
