@@ -56,7 +56,8 @@ def test_training_killed_anywhere_resumes_to_the_same_weights(tmp_path):
         kills += 1
     assert finished and kills >= 1
     for entry in cache.rglob("*.pt"):  # the feature cache: every entry whole
-        torch.load(entry, weights_only=True)
+        if not entry.name.startswith(".tmp-"):  # a write that SIGKILL cut short leaves its temp file; none reads it
+            torch.load(entry, weights_only=True)
     got = load_checkpoint(out / "last.pt")["decoder_state"]
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
 
