@@ -31,6 +31,8 @@ IMPOSSIBLE = -1e4  # log-probability of a word neither path can produce (exp() i
 
 
 class CopyHead(nn.Module):
+    table: tuple[tuple[str, ...], ...]  # the noun table its membership was built from (model._copy_head sets it)
+
     def __init__(self, vocab_size: int, gen_size: int, hidden_dim: int, embed_dim: int, feature_dim: int,
                  k: int, classifier_weight: torch.Tensor, classifier_bias: torch.Tensor,
                  membership: torch.Tensor, noun_ids: torch.Tensor, video: bool, concepts: bool = False):
