@@ -75,7 +75,8 @@ def chain(synset, depth: int = MAX_DEPTH) -> list:
     """The synset and its first hypernyms, nearest first, up to a too-general one."""
     out = [synset]
     while len(out) <= depth and out[-1].hypernyms():
-        parent = out[-1].hypernyms()[0]
+        # by name: NLTK keeps a synset's pointers in a set, so its own order changes with PYTHONHASHSEED
+        parent = min(out[-1].hypernyms(), key=lambda s: s.name())
         if set(candidates(parent)) & TOO_GENERAL:
             break
         out.append(parent)
