@@ -54,7 +54,7 @@ def model_payload(model: CaptionModel, vocab: Vocabulary) -> dict[str, Any]:
         "decoder_state": model.decoder.state_dict(),
         "encoder_state": enc.state_dict() if keep_encoder else None,
         # a copy model's noun table (ImageNet class -> words), so it needs nothing outside this file
-        "copy_table": [list(r) for r in model.decoder.copy.table] if model.cfg.copy_nouns else None,
+        "copy_table": [list(r) for r in model.decoder.copy.nouns.table] if model.cfg.copy_nouns else None,
         # a second decoder trained on COCO alone, with its own config and vocabulary (fluent.py)
         **({"fluent": model.fluent.payload()} if model.fluent is not None else {}),
     }

@@ -22,16 +22,21 @@ C classes, E feature, Ev classifier feature, H hidden, D embedding.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from .nouns import NounSpace
 
 State = dict[str, torch.Tensor]
 IMPOSSIBLE = -1e4  # log-probability of a word neither path can produce (exp() is 0 in float32)
 
 
 class CopyHead(nn.Module):
-    table: tuple[tuple[str, ...], ...]  # the noun table its membership was built from (model._copy_head sets it)
+    nouns: NounSpace  # the noun table its membership was built from (model._copy_head sets it)
 
     def __init__(self, vocab_size: int, gen_size: int, hidden_dim: int, embed_dim: int, feature_dim: int,
                  k: int, classifier_weight: torch.Tensor, classifier_bias: torch.Tensor,

@@ -26,7 +26,7 @@ from .fluent import decode_model
 from .media import (VIDEO_EXTENSIONS, Clip, build_transform, clip_tensor, is_video, load_media_tensor, media_to,
                     stack_or_list)
 from .model import CaptionModel, encoder_precision
-from .nouns import Candidate, NounSpace, default_nouns
+from .nouns import Candidate, default_nouns
 from .segments import Segment, caption_segments
 from .vocab import Vocabulary
 
@@ -79,7 +79,7 @@ class Captioner:
         self.engine = use_engine(self.model, engine, device)  # the engine in use: "torch", "onnx" or "openvino"
         # what the CNN sees is named by the copy head's own noun table, if it has one (the one it grounds in)
         copy = self.model.decoder.copy
-        self.nouns = NounSpace(copy.table) if copy is not None else default_nouns()
+        self.nouns = copy.nouns if copy is not None else default_nouns()
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str = "auto",

@@ -58,8 +58,8 @@ class CaptionModel(nn.Module):
             return feats, None
         if self.cfg.is_video:
             return feats, torch.stack([p.mean(0) for p in frame_probs.split(sizes)])  # (B,C)
-        return feats, torch.stack([torch.softmax(p.clamp(min=1e-30).log().mean(0), dim=-1)
-                                   for p in frame_probs.split(sizes)])  # (B,C); a photo's own, for one frame
+        return feats, torch.stack([p[0] if len(p) == 1 else torch.softmax(p.clamp(min=1e-30).log().mean(0), dim=-1)
+                                   for p in frame_probs.split(sizes)])  # (B,C); a photo's are its own
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """The CNN alone: frames (N,3,H,W) -> (N,P,E)."""
@@ -113,8 +113,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, encoder_weights: str | None =
 def _copy_head(cfg: ModelConfig, encoder: ImageEncoder, vocab: Vocabulary | None, table) -> CopyHead:
     if vocab is None:
         raise ValueError("a copy model needs its vocabulary")
-    table = tuple(tuple(row) for row in (table if table is not None else load_table()))
-    space = NounSpace(table)
+    space = NounSpace(table if table is not None else load_table())
     missing = [w for w in space.words if w not in vocab.stoi]
     if missing:
         raise ConfigError(f"the vocabulary lacks {len(missing)} table nouns (e.g. {missing[0]!r}); "
@@ -129,5 +128,5 @@ def _copy_head(cfg: ModelConfig, encoder: ImageEncoder, vocab: Vocabulary | None
     head = CopyHead(len(vocab), vocab.generated, cfg.hidden_dim, cfg.embed_dim, summary_dim, cfg.copy_nouns,
                     weight, bias, space.membership, torch.tensor([vocab.stoi[w] for w in space.words]),
                     video=cfg.is_video, concepts=cfg.concepts)
-    head.table = table  # the model's own, saved with it: the package's table may change after it was trained
+    head.nouns = space  # the model's own table, saved with it: the package's may change after it was trained
     return head

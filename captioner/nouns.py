@@ -47,6 +47,7 @@ class NounSpace:
     with which classes name each: membership (C,N)."""
 
     def __init__(self, table: tuple[tuple[str, ...], ...] | list[list[str]]):
+        self.table = tuple(tuple(row) for row in table)  # the rows it was built from (a copy model saves them)
         words: dict[str, int] = {}
         for row in table:
             for w in row:
