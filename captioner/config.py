@@ -61,6 +61,9 @@ class ModelConfig:
     num_frames: int = 16  # frames sampled uniformly from each video (training and captioning alike)
     copy_nouns: int = 0  # copy decoder (copying.py): candidate nouns per image from the CNN's classifier; 0 = off
     concepts: bool = False  # copy models: the candidate nouns are also an input of every step (LSTM-A)
+    # copy models: a noun's probability sums only the classifier's this many most probable classes (the rest
+    # hold its floor, no evidence: nouns.strongest_classes); 0 = all (the models trained before it was added)
+    noun_classes: int = 0
     person_gate: bool = False  # a person detector trained beside the caption (decoder.py); see DecodeConfig
 
     @property
@@ -79,6 +82,11 @@ class ModelConfig:
             raise ConfigError("temporal_bidirectional needs --temporal lstm or gru")
         if self.copy_nouns < 0:
             raise ConfigError(f"copy_nouns must be >= 0, got {self.copy_nouns}")
+        if self.noun_classes < 0:
+            raise ConfigError(f"noun_classes must be >= 0, got {self.noun_classes}")
+        if self.noun_classes and not self.copy_nouns:
+            raise ConfigError("--noun-classes sets how the copy decoder's candidate nouns are scored: it needs "
+                              "--copy-nouns K")
         if self.concepts and not self.copy_nouns:
             raise ConfigError("--concepts feeds the copy decoder's candidate nouns to every step: it needs "
                               "--copy-nouns K")

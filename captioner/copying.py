@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .nouns import strongest_classes
+
 if TYPE_CHECKING:
     from .nouns import NounSpace
 
@@ -40,9 +42,11 @@ class CopyHead(nn.Module):
 
     def __init__(self, vocab_size: int, gen_size: int, hidden_dim: int, embed_dim: int, feature_dim: int,
                  k: int, classifier_weight: torch.Tensor, classifier_bias: torch.Tensor,
-                 membership: torch.Tensor, noun_ids: torch.Tensor, video: bool, concepts: bool = False):
+                 membership: torch.Tensor, noun_ids: torch.Tensor, video: bool, concepts: bool = False,
+                 top_classes: int = 0):
         super().__init__()
         self.vocab_size, self.gen_size, self.k, self.video = vocab_size, gen_size, k, video
+        self.top_classes = top_classes  # a noun's probability counts only this many strongest classes; 0 = all
         Ev = classifier_weight.size(1)
         # The frozen ImageNet classifier and noun table (fp16 / uint8: 5 MB in a checkpoint, not 12).
         self.register_buffer("class_weight", classifier_weight.detach().half())  # (C,Ev)
@@ -76,7 +80,7 @@ class CopyHead(nn.Module):
 
     def init_state(self, features: torch.Tensor, summary: torch.Tensor, state: State) -> State:
         """Adds the image's K candidates: cand_ids (B,K) vocab ids and cand_logp (B,K)."""
-        noun_p = self.class_probs(features) @ self.membership.float()  # (B,N)
+        noun_p = strongest_classes(self.class_probs(features), self.top_classes) @ self.membership.float()  # (B,N)
         top_p, top_i = noun_p.topk(min(self.k, noun_p.size(1)), dim=1)  # (B,K)
         state["cand_ids"] = self.noun_ids[top_i]
         state["cand_logp"] = top_p.clamp(min=1e-8).log()

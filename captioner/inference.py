@@ -209,7 +209,8 @@ class Captioner:
         and what the CNN sees in it (nouns.py). `encode`, then `decode_features`."""
         feats, class_probs = self.encode(media)  # (B,P,E), (B,C)
         hyps = self.decode_features(feats, cfg)
-        seen = self.nouns.candidates(class_probs.float()) if class_probs is not None else [[] for _ in hyps]
+        seen = (self.nouns.candidates(class_probs.float(), top_classes=self.model.cfg.noun_classes)
+                if class_probs is not None else [[] for _ in hyps])
         return hyps, seen
 
 

@@ -127,6 +127,6 @@ def _copy_head(cfg: ModelConfig, encoder: ImageEncoder, vocab: Vocabulary | None
                    else encoder.feature_dim)
     head = CopyHead(len(vocab), vocab.generated, cfg.hidden_dim, cfg.embed_dim, summary_dim, cfg.copy_nouns,
                     weight, bias, space.membership, torch.tensor([vocab.stoi[w] for w in space.words]),
-                    video=cfg.is_video, concepts=cfg.concepts)
+                    video=cfg.is_video, concepts=cfg.concepts, top_classes=cfg.noun_classes)
     head.nouns = space  # the model's own table, saved with it: the package's may change after it was trained
     return head

@@ -19,8 +19,9 @@
    fusion); then the fusion weight (`--fusion`: 0, 0.25, 0.5, 1; see fluent.py), measured on val and everyday:
    among the weights that keep both everyday targets and do not lower val BLEU-4, the one with the highest
    everyday CIDEr-D (the photos users bring), 0 if none;
-3. score that setting once on the held-out **test** split (`captioner evaluate`'s code path, METEOR included)
-   and record it as `held_out_scores` (with the grounding rates), with the val and everyday grids beside it;
+3. score that setting once on the held-out **test** split (`captioner evaluate`'s code path, METEOR included;
+   `--no-test` skips it, to compare candidate models on val and everyday before one is shipped) and record it
+   as `held_out_scores` (with the grounding rates), with the val and everyday grids beside it;
 4. write the checkpoint without training state, decoder weights stored in fp16 (half the size; they are
    loaded back into fp32, and the scores above are measured on exactly these weights), atomically to --out.
 
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="where to write the shipped checkpoint (e.g. assets/default.pt)")
     p.add_argument("--data-dir", default=os.path.join(os.environ.get("DATA", "../shared/data"), "coco2017"))
     p.add_argument("--fluent", help="a plain decoder's best.pt (trained on COCO alone) to carry beside it")
+    p.add_argument("--no-test", action="store_true",
+                   help="make every choice and write the model, but do not score the held-out test split (to "
+                        "compare candidates on val and everyday before one is shipped; ship it without this)")
     args = p.parse_args(argv)
     try:
         ann, images = os.path.join(args.data_dir, "annotations"), os.path.join(args.data_dir, "images")
@@ -163,11 +167,15 @@ def main(argv=None) -> int:
         val_report, _ = evaluate(cap, val, best, meteor=False, progress=False)  # what the choices cost on val
         print("val with the chosen setting:\n" + format_table([(label(best), val_report["metrics"])]) + "\n"
               + format_grounding(val_report["grounding"]))
+        ckpt["decode_config"] = best.to_dict()
+        if args.no_test:
+            save_checkpoint(args.out, ckpt)
+            print(f"wrote {args.out}, not scored on the held-out test split (--no-test): not for shipping")
+            return 0
         t0 = time.time()
         report, _ = evaluate(cap, test, best, progress=False)
         print("held-out test:\n" + format_table([(label(best), report["metrics"])]) + "\n"
               + format_grounding(report["grounding"]) + f"\n({time.time() - t0:.0f} s)")
-        ckpt["decode_config"] = best.to_dict()
         ckpt["held_out_scores"] = {
             "split": f"coco2017 test ({len(test.items)} images, held out)", "decoding": best.to_dict(),
             "metrics": report["metrics"], "grounding": report["grounding"],

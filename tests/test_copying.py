@@ -11,6 +11,7 @@ from captioner.datasets import read_captions
 from captioner.decoding import decode
 from captioner.errors import ConfigError
 from captioner.inference import Captioner
+from captioner.media import load_image
 from captioner.model import build_model
 from captioner.nouns import NounSpace, load_table
 from captioner.training import fit
@@ -159,11 +160,42 @@ def test_a_copy_model_keeps_the_noun_table_it_was_trained_with(tmp_path):
     assert Captioner.load(tmp_path / "b.pt", engine="torch").nouns.words == old_words
 
 
+def test_a_copy_model_scores_its_candidates_by_its_strongest_classes(tmp_path):
+    """--noun-classes n: the candidates and their probabilities count only the classifier's n strongest
+    classes, in the decoder and in what the CNN is shown to see, and the checkpoint says so."""
+    from captioner.checkpoint import model_payload, save_checkpoint
+
+    feats = torch.randn(B, 1, 1280).relu()
+    every, vocab = copy_model()
+    strongest, _ = copy_model(noun_classes=2)
+    class_probs = strongest.decoder.copy.class_probs(feats)  # (B,C), the same classifier in both
+    for model, n in ((every, 0), (strongest, 2)):
+        state = model.decoder.init_state(feats)
+        top_p, top_i = NOUNS.noun_probs(class_probs, n).topk(4, dim=1)
+        assert torch.allclose(state["cand_logp"].exp(), top_p.clamp(min=1e-8), atol=1e-6)
+        ids = torch.tensor([[vocab.stoi[NOUNS.words[i]] for i in row] for row in top_i.tolist()])
+        assert torch.equal(state["cand_ids"], ids)
+    assert not torch.allclose(every.decoder.init_state(feats)["cand_logp"],
+                              strongest.decoder.init_state(feats)["cand_logp"])
+    save_checkpoint(tmp_path / "m.pt", model_payload(strongest, vocab))
+    cap = Captioner.load(tmp_path / "m.pt", engine="torch")
+    assert cap.model.cfg.noun_classes == 2 and cap.model.decoder.copy.top_classes == 2
+    image = load_image(COCO_MINI_TRAIN_IMAGES / "000000054718.jpg")  # elephants
+    shown = cap.caption_detailed([image], max_len=3)[0].candidates
+    _, probs = cap.encode(cap._load(image).unsqueeze(0))
+    assert shown == NOUNS.candidates(probs, top_classes=2)[0] != NOUNS.candidates(probs)[0]
+
+
 def test_copy_config_is_validated():
     with pytest.raises(ConfigError, match="do not combine"):
         ModelConfig(copy_nouns=5, tie_weights=True).validate()
     with pytest.raises(ConfigError, match="--concepts .* needs --copy-nouns"):
         ModelConfig(concepts=True).validate()
+    with pytest.raises(ConfigError, match="--noun-classes .* needs --copy-nouns"):
+        ModelConfig(noun_classes=10).validate()
+    with pytest.raises(ConfigError, match="noun_classes must be >= 0"):
+        ModelConfig(copy_nouns=5, noun_classes=-1).validate()
+    assert ModelConfig.from_dict({"copy_nouns": 5}).noun_classes == 0  # a checkpoint from before: all classes
     with pytest.raises(ConfigError, match="copy_hide"):
         TrainConfig(copy_hide=1.5).validate()
     vocab = Vocabulary(list(SPECIALS) + ["dog"])

@@ -5,7 +5,7 @@ import torch
 from captioner.encoder import LITE0_TRANSFORM, ImageEncoder, build_backbone
 from captioner.grounding import COCO_OBJECTS
 from captioner.media import build_transform, load_image
-from captioner.nouns import NounSpace, default_nouns, load_table
+from captioner.nouns import NounSpace, default_nouns, load_table, strongest_classes
 from conftest import DATA
 
 # (class index, class name) -> the canonical caption word, plus a word that must be among the row's words
@@ -65,6 +65,35 @@ def test_noun_probabilities_sum_the_classes_that_name_a_noun():
     assert torch.allclose(emb[0], torch.tensor([2.0, 0.0]))  # the mean of its classes' weight rows
     cands = space.candidates(torch.tensor([[0.5, 0.2, 0.2, 0.1]]), k=3, threshold=0.15)[0]
     assert [(c.word, c.prob) for c in cands] == [("dog", 0.7), ("puppy", 0.5), ("cat", 0.2)]
+
+
+def test_only_the_strongest_classes_count_toward_a_noun():
+    probs = torch.tensor([[0.5, 0.2, 0.2, 0.1], [0.1, 0.1, 0.1, 0.7]])
+    assert torch.equal(strongest_classes(probs, 0), probs)
+    assert torch.equal(strongest_classes(probs, 4), probs)
+    assert torch.equal(strongest_classes(probs, 1), torch.tensor([[0.5, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.7]]))
+    space = NounSpace([("dog",), ("dog",), ("dog",), ("cat",)])
+    # the three dog classes hold 0.3 of the second image between them, none of them among its strongest 2
+    assert torch.allclose(space.noun_probs(probs, 2), torch.tensor([[0.7, 0.0], [0.1, 0.7]]))
+    cands = space.candidates(probs[1:], threshold=0.05, top_classes=2)[0]
+    assert [(c.word, c.prob) for c in cands] == [("cat", 0.7), ("dog", 0.1)]
+
+
+def test_a_noun_of_many_classes_does_not_collect_the_classifiers_floor():
+    """A real photo of elephants: no dog in it, no dog breed among the CNN's 10 strongest classes, yet the 120
+    breeds' floor sums to a "dog" the CNN has no evidence for; counting only the 10 strongest removes it and
+    keeps what the CNN does see."""
+    encoder = ImageEncoder(build_backbone("efficientnet_lite0", "pretrained"), pool=True).eval()
+    image = build_transform(LITE0_TRANSFORM)(load_image(DATA / "coco-mini" / "train2017" / "000000054718.jpg"))
+    with torch.no_grad():
+        probs = encoder.class_probs(encoder(image.unsqueeze(0)).squeeze(1))  # (1,C)
+    nouns = default_nouns()
+    dog, elephant = nouns.index["dog"], nouns.index["elephant"]
+    breeds = nouns.membership[:, dog].bool()
+    assert int(breeds.sum()) >= 100 and float(probs[0, breeds].max()) < 0.01
+    every, strongest = nouns.noun_probs(probs)[0], nouns.noun_probs(probs, 10)[0]
+    assert float(every[dog]) > 5 * float(strongest[dog])
+    assert float(strongest[elephant]) == pytest.approx(float(every[elephant]), abs=0.02)
 
 
 def test_the_cnn_names_real_photos():

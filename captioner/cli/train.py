@@ -63,6 +63,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--copy-nouns", dest="copy_nouns", type=int, metavar="K",
                    help="copy decoder: may copy any of the K nouns the CNN's ImageNet classifier sees most "
                         "(novel objects; needs a pretrained encoder), 0 = off")
+    m.add_argument("--noun-classes", dest="noun_classes", type=int, metavar="N",
+                   help="copy models: a noun's probability sums only the classifier's N most probable classes "
+                        "(the rest only hold the softmax's floor, which a noun of many classes sums), 0 = all")
     m.add_argument("--concepts", action="store_true", default=None,
                    help="copy models: the CNN's candidate nouns are also an input of every decoder step (LSTM-A)")
     m.add_argument("--person-gate", dest="person_gate", action="store_true", default=None,
