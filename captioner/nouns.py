@@ -46,8 +46,8 @@ class Candidate:
 def strongest_classes(class_probs: torch.Tensor, n: int) -> torch.Tensor:
     """class_probs (B,C) with all but each row's n most probable classes set to 0 (n = 0: unchanged). A softmax
     classifier leaves every class a floor (about 0.0004 each for EfficientNet-Lite2 on a photo it has no class
-    for), and a noun named by many classes sums it: the 120 dog breeds read as "dog 0.05-0.12" on photos of
-    trucks, sunflowers and horses, where no breed reaches 0.003. A class outside the top n is no evidence."""
+    for), and a noun named by many classes sums it: the 120 dog breeds read as "dog 0.05-0.16" on photos of
+    bridges, robins and sunflowers, where no breed reaches 0.006. A class outside the top n is no evidence."""
     if n <= 0 or n >= class_probs.size(-1):
         return class_probs
     top_p, top_i = class_probs.topk(n, dim=-1)  # (B,n)
@@ -84,10 +84,18 @@ class NounSpace:
         m = self.membership.to(head_weight.device, head_weight.dtype)  # (C,N)
         return (m.t() @ head_weight) / m.sum(0).clamp(min=1.0).unsqueeze(1)
 
-    def candidates(self, class_probs: torch.Tensor, k: int = 5, threshold: float = 0.05, top_classes: int = 0
-                   ) -> list[list[Candidate]]:
-        """Per image, up to k nouns with probability >= threshold, most probable first."""
-        probs, idx = self.noun_probs(class_probs, top_classes).topk(min(k, len(self.words)), dim=1)  # (B,k)
+    def candidates(self, class_probs: torch.Tensor, k: int = 5, threshold: float = 0.05, top_classes: int = 0,
+                   guesses: int = 5) -> list[list[Candidate]]:
+        """Per image, up to k nouns with probability >= threshold, most probable first: what the CNN sees, as
+        the decoder reads it (`top_classes` as the model counts them). Only nouns one of whose classes is among
+        the classifier's `guesses` most probable (its top-5, ImageNet's own measure; 0 = any) are listed: the
+        floor a noun of many classes sums is not something the CNN sees ("dog 0.16" on a skiing video)."""
+        noun_p = self.noun_probs(class_probs, top_classes)  # (B,N)
+        if 0 < guesses < class_probs.size(-1):
+            best = class_probs.topk(guesses, dim=-1).indices  # (B,g)
+            guessed = self.membership.to(class_probs.device)[best].amax(1) > 0  # (B,N): a class among them
+            noun_p = noun_p.masked_fill(~guessed, 0.0)
+        probs, idx = noun_p.topk(min(k, len(self.words)), dim=1)  # (B,k)
         return [[Candidate(self.words[i], round(float(p), 4)) for p, i in zip(ps, ids) if p >= threshold]
                 for ps, ids in zip(probs.tolist(), idx.tolist())]
 

@@ -96,6 +96,25 @@ def test_a_noun_of_many_classes_does_not_collect_the_classifiers_floor():
     assert float(strongest[elephant]) == pytest.approx(float(every[elephant]), abs=0.02)
 
 
+def test_what_the_cnn_sees_lists_only_nouns_among_its_top_5_guesses():
+    """A COCO photo of birds and a boat by a shore: the 120 dog breeds' floor sums to "dog 0.16", the most
+    probable noun, though no breed is among the CNN's five best guesses; it is not listed, the rest are, with
+    the probabilities the decoder reads."""
+    encoder = ImageEncoder(build_backbone("efficientnet_lite0", "pretrained"), pool=True).eval()
+    image = build_transform(LITE0_TRANSFORM)(load_image(DATA / "coco-mini" / "train2017" / "000000211325.jpg"))
+    with torch.no_grad():
+        probs = encoder.class_probs(encoder(image.unsqueeze(0)).squeeze(1))  # (1,C)
+    nouns = default_nouns()
+    every = nouns.candidates(probs, guesses=0)[0]
+    shown = nouns.candidates(probs)[0]
+    assert every[0].word == "dog" and every[0].prob > 0.1
+    assert "dog" not in [c.word for c in shown]
+    top5 = set(probs[0].topk(5).indices.tolist())
+    for c in every:
+        classes = set(nouns.membership[:, nouns.index[c.word]].nonzero().flatten().tolist())
+        assert (c in shown) == bool(classes & top5), c
+
+
 def test_the_cnn_names_real_photos():
     encoder = ImageEncoder(build_backbone("efficientnet_lite0", "pretrained"), pool=True).eval()
     assert encoder.has_classifier
