@@ -179,7 +179,9 @@ def describe(model, vocab, device) -> str:
     if cfg.is_video:
         decoder.append(f"video model ({cfg.temporal} over {cfg.num_frames} frames)")
     if cfg.copy_nouns:
-        decoder.append(f"copying from {cfg.copy_nouns} candidate nouns" + (" (also its input)" if cfg.concepts else ""))
+        decoder.append(f"copying from {cfg.copy_nouns} candidate nouns" + (" (also its input)" if cfg.concepts else "")
+                       + (f", each summed over the classifier's {cfg.noun_classes} strongest classes"
+                          if cfg.noun_classes else ""))
     words = f"{vocab.generated} words" + (f" + {len(vocab) - vocab.generated} copy-only nouns"
                                           if len(vocab) > vocab.generated else "")
     return (f"model: {cfg.backbone} ({model.encoder.weights_source}, "
