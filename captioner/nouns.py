@@ -91,10 +91,8 @@ class NounSpace:
         the classifier's `guesses` most probable (its top-5, ImageNet's own measure; 0 = any) are listed: the
         floor a noun of many classes sums is not something the CNN sees ("dog 0.16" on a skiing video)."""
         noun_p = self.noun_probs(class_probs, top_classes)  # (B,N)
-        if 0 < guesses < class_probs.size(-1):
-            best = class_probs.topk(guesses, dim=-1).indices  # (B,g)
-            guessed = self.membership.to(class_probs.device)[best].amax(1) > 0  # (B,N): a class among them
-            noun_p = noun_p.masked_fill(~guessed, 0.0)
+        if guesses:  # a softmax gives every class some probability, so > 0 means a class among the guesses
+            noun_p = noun_p.masked_fill(self.noun_probs(class_probs, guesses) <= 0, 0.0)
         probs, idx = noun_p.topk(min(k, len(self.words)), dim=1)  # (B,k)
         return [[Candidate(self.words[i], round(float(p), 4)) for p, i in zip(ps, ids) if p >= threshold]
                 for ps, ids in zip(probs.tolist(), idx.tolist())]

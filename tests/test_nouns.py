@@ -67,6 +67,13 @@ def test_noun_probabilities_sum_the_classes_that_name_a_noun():
     assert [(c.word, c.prob) for c in cands] == [("dog", 0.7), ("puppy", 0.5), ("cat", 0.2)]
 
 
+def lite0_class_probs(name: str) -> torch.Tensor:
+    """The pretrained EfficientNet-Lite0's ImageNet class probabilities (1,C) of a coco-mini train photo."""
+    encoder = ImageEncoder(build_backbone("efficientnet_lite0", "pretrained"), pool=True).eval()
+    image = build_transform(LITE0_TRANSFORM)(load_image(DATA / "coco-mini" / "train2017" / name))
+    with torch.no_grad():
+        return encoder.class_probs(encoder(image.unsqueeze(0)).squeeze(1))
+
 def test_only_the_strongest_classes_count_toward_a_noun():
     probs = torch.tensor([[0.5, 0.2, 0.2, 0.1], [0.1, 0.1, 0.1, 0.7]])
     assert torch.equal(strongest_classes(probs, 0), probs)
@@ -83,10 +90,7 @@ def test_a_noun_of_many_classes_does_not_collect_the_classifiers_floor():
     """A real photo of elephants: no dog in it, no dog breed among the CNN's 10 strongest classes, yet the 120
     breeds' floor sums to a "dog" the CNN has no evidence for; counting only the 10 strongest removes it and
     keeps what the CNN does see."""
-    encoder = ImageEncoder(build_backbone("efficientnet_lite0", "pretrained"), pool=True).eval()
-    image = build_transform(LITE0_TRANSFORM)(load_image(DATA / "coco-mini" / "train2017" / "000000054718.jpg"))
-    with torch.no_grad():
-        probs = encoder.class_probs(encoder(image.unsqueeze(0)).squeeze(1))  # (1,C)
+    probs = lite0_class_probs("000000054718.jpg")
     nouns = default_nouns()
     dog, elephant = nouns.index["dog"], nouns.index["elephant"]
     breeds = nouns.membership[:, dog].bool()
@@ -100,10 +104,7 @@ def test_what_the_cnn_sees_lists_only_nouns_among_its_top_5_guesses():
     """A COCO photo of birds and a boat by a shore: the 120 dog breeds' floor sums to "dog 0.16", the most
     probable noun, though no breed is among the CNN's five best guesses; it is not listed, the rest are, with
     the probabilities the decoder reads."""
-    encoder = ImageEncoder(build_backbone("efficientnet_lite0", "pretrained"), pool=True).eval()
-    image = build_transform(LITE0_TRANSFORM)(load_image(DATA / "coco-mini" / "train2017" / "000000211325.jpg"))
-    with torch.no_grad():
-        probs = encoder.class_probs(encoder(image.unsqueeze(0)).squeeze(1))  # (1,C)
+    probs = lite0_class_probs("000000211325.jpg")
     nouns = default_nouns()
     every = nouns.candidates(probs, guesses=0)[0]
     shown = nouns.candidates(probs)[0]
