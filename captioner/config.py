@@ -220,6 +220,9 @@ class DecodeConfig:
     # where the photo is handed over, the grounded decoder's next-word log-probabilities plus `fusion` times the
     # fluent decoder's (shallow fusion); the fused caption is kept if it names a noun it was handed over for
     fusion: float = 0.25
+    # copy models: a noun the CNN can recognise (one of the copy head's) but gives less than doubt_prob may not be
+    # said, singular or plural (no "teddy bear" beside a robin the CNN is sure of); 0 = off
+    doubt_prob: float = 0.0
 
     def validate(self) -> None:
         if self.method not in DECODE_METHODS:
@@ -241,6 +244,8 @@ class DecodeConfig:
             raise ConfigError(f"fusion must be in [0, 10] (0 = the grounded decoder alone), got {self.fusion}")
         if not 0.0 < self.ground_prob <= 1.0:
             raise ConfigError(f"ground_prob must be in (0, 1], got {self.ground_prob}")
+        if not 0.0 <= self.doubt_prob < 1.0:
+            raise ConfigError(f"doubt_prob must be in [0, 1) (0 = off), got {self.doubt_prob}")
         if not 0.0 < self.require_prob <= 1.0:
             raise ConfigError(f"require_prob must be in (0, 1], got {self.require_prob}")
         if self.repetition_penalty < 1.0 or self.length_penalty < 0 or self.no_repeat_ngram_size < 0:

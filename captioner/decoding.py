@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -26,7 +27,8 @@ import torch
 from .config import DecodeConfig
 from .errors import ConfigError
 from .grammar import FUNCTION_WORDS, GROUP_WORDS
-from .grounding import PERSON_WORDS, noun_forms
+from .grounding import COCO_OBJECTS, PERSON_WORDS, noun_forms
+from .nouns import default_nouns
 from .vocab import Vocabulary
 
 State = dict[str, torch.Tensor]
@@ -449,19 +451,52 @@ def person_ban(person_logit: torch.Tensor, vocab: Vocabulary, prob: float = 0.5)
     return (person_logit < math.log(prob / (1 - prob))).unsqueeze(1) & words.unsqueeze(0)
 
 
+@lru_cache(maxsize=8)
+def _doubtable(words: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A vocabulary's words -> the doubtable nouns' rows of the noun table (N',) and their forms (N',V) bool:
+    COCO's object nouns that ImageNet has classes for, by the table this code ships (nouns.py), person words
+    left to the person detector."""
+    nouns = default_nouns()
+    stoi = {w: i for i, w in enumerate(words)}
+    objects = {w.replace("_", " ") for w in COCO_OBJECTS} - PERSON_WORDS
+    rows = [n for n, w in enumerate(nouns.words) if w in objects and w in stoi]
+    forms = torch.zeros(len(rows), len(words), dtype=torch.bool)
+    for r, n in enumerate(rows):
+        for form in noun_forms(nouns.words[n]):
+            if form in stoi:
+                forms[r, stoi[form]] = True
+    return torch.tensor(rows, dtype=torch.long), forms
+
+
+def doubt_ban(class_probs: torch.Tensor, vocab: Vocabulary, prob: float) -> torch.Tensor:
+    """Rows may say no form of a COCO object the CNN could recognise but gives less than `prob` (the sum of its
+    ImageNet classes): class_probs (B,C) -> ban (B,V). A COCO decoder names its training photos' objects by
+    habit ("a bird sitting on a table with a teddy bear"); an ImageNet classifier that sees a teddy bear gives
+    it far more than a few thousandths."""
+    rows, forms = _doubtable(tuple(vocab.itos))
+    noun_p = default_nouns().noun_probs(class_probs.float())[:, rows]  # (B,N')
+    doubted = (noun_p < prob).float() @ forms.float()  # (B,V): how many doubted nouns a word is a form of
+    kept = (noun_p >= prob).float() @ forms.float()  # a form of a noun it does not doubt stays
+    return (doubted > 0) & (kept == 0)
+
+
 @torch.no_grad()
 def decode(decoder, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeConfig,
-           prefix: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+           prefix: torch.Tensor | None = None, ban: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     """Caption a batch of encoded inputs: features (B,P,E) -> per example `num_captions` hypotheses, best first.
     `decoder` is anything with init_state(features) and step(tokens, state). `prefix` (B,L): words each caption
-    must begin with (-1 = none from there on)."""
+    must begin with (-1 = none from there on). `ban` (B,V): words each caption may not say (besides the person
+    gate's)."""
     cfg.validate()
     state = decoder.init_state(features)
     step = decoder.step
     if cfg.require_object and "cand_ids" not in state:
         raise ConfigError("--require-object needs a copy model (captioner train --copy-nouns K)")
     if cfg.person_gate and "person_logit" in state:  # a model without a detector decodes as before
-        state = {**state, "ban": person_ban(state["person_logit"], vocab, cfg.person_prob)}
+        person = person_ban(state["person_logit"], vocab, cfg.person_prob)
+        ban = person if ban is None else ban.to(person.device) | person
+    if ban is not None:
+        state = {**state, "ban": ban.to(features.device)}
         step = banning(step)
     if prefix is not None:
         state = {**state, "force": prefix.to(features.device),
@@ -506,7 +541,8 @@ def _name_the_subject(decoder, step: StepFn, state: State, features: torch.Tenso
             return hyps
         noun = state["cand_ids"][todo, 0]  # (S,)
         prefix = torch.stack([torch.full_like(noun, article), noun], dim=1)  # (S,2): "a <noun>"
-        again = decode(decoder, features[todo], vocab, replace(cfg, require_object=False), prefix=prefix)
+        ban = state["ban"][todo] if "ban" in state else None
+        again = decode(decoder, features[todo], vocab, replace(cfg, require_object=False), prefix=prefix, ban=ban)
     else:
         rows, beam = torch.tensor(todo, device=features.device), cfg.method == "beam"
         again = constrained_beam_search(step, reorder_state(state, rows), len(todo), cfg.beam_size if beam else 1,

@@ -39,7 +39,7 @@ from torch import nn
 
 from .config import DecodeConfig, ModelConfig
 from .decoder import CaptionDecoder, State
-from .decoding import Hypothesis, decode
+from .decoding import Hypothesis, decode, doubt_ban
 from .errors import CheckpointError
 from .grounding import could_name, names_any
 from .vocab import SPECIALS, Vocabulary
@@ -67,13 +67,15 @@ class FluentDecoder(nn.Module):
         from_shared[torch.tensor(self.to_shared)] = torch.arange(len(self.to_shared))
         self.register_buffer("from_shared", from_shared, persistent=False)  # (V,) own id of each word, else UNK
 
-    def search(self, features: torch.Tensor, cfg: DecodeConfig,
-               person_logit: torch.Tensor | None = None) -> list[list[Hypothesis]]:
-        """features (B,P,E) -> hypotheses per input in the shared vocabulary. The search runs in the decoder's
-        own W words (rules and person words looked up there), so no step spends time on the V - W words it
-        cannot say; the same hypotheses as searching the shared vocabulary with those words at -inf."""
+    def search(self, features: torch.Tensor, cfg: DecodeConfig, person_logit: torch.Tensor | None = None,
+               ban: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+        """features (B,P,E) -> hypotheses per input in the shared vocabulary (`ban` (B,V): words it may not say).
+        The search runs in the decoder's own W words (rules and person words looked up there), so no step spends
+        time on the V - W words it cannot say; the same hypotheses as searching the shared vocabulary with those
+        words at -inf."""
         decoder = self.decoder if person_logit is None else _WithPerson(self.decoder, person_logit)
-        hyps = decode(decoder, features, self.own, cfg)
+        own_ban = None if ban is None else ban[:, torch.tensor(self.to_shared, device=ban.device)]  # (B,W)
+        hyps = decode(decoder, features, self.own, cfg, ban=own_ban)
         for h in hyps:
             for hyp in h:
                 hyp.tokens = [self.to_shared[t] for t in hyp.tokens]
@@ -125,6 +127,15 @@ class Fused:
         return fused, {**mine, **{"fluent." + k: v for k, v in own.items()}}
 
 
+def doubted_nouns(decoder, features: torch.Tensor, vocab: Vocabulary, prob: float) -> torch.Tensor | None:
+    """features (B,P,E) -> ban (B,V) of decoding.doubt_ban, from the copy head's classifier; None where there
+    is nothing to doubt with (prob 0, or no copy head)."""
+    copy = getattr(decoder, "copy", None)
+    if not prob or copy is None:
+        return None
+    return doubt_ban(copy.class_probs(features).cpu(), vocab, prob)
+
+
 class _WithPerson:
     """A decoder whose state also carries a person detector's logits (B,), for decoding's person gate."""
 
@@ -143,8 +154,9 @@ def decode_model(model, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeCo
     """features (B,P,E) -> hypotheses per input: the grounded decoder's, or for a model with a fluent decoder
     (and cfg.fluent) the rule of this module."""
     fluent = getattr(model, "fluent", None)
+    ban = doubted_nouns(model.decoder, features, vocab, cfg.doubt_prob)  # (B,V) or None
     if fluent is None or not cfg.fluent:
-        return decode(model.decoder, features, vocab, cfg)
+        return decode(model.decoder, features, vocab, cfg, ban=ban)
     state = model.decoder.init_state(features)
     fluent_cfg = replace(cfg, require_object=False, person_prob=cfg.fluent_person_prob)
     if "cand_ids" not in state:
@@ -160,7 +172,8 @@ def decode_model(model, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeCo
         feats, person = features, state.get("person_logit")  # (B',P,E), (B',)
         if len(searched) < len(nouns):
             feats, person = features[searched], None if person is None else person[searched]
-        for b, h in zip(searched, fluent.search(feats, fluent_cfg, person)):
+        for b, h in zip(searched, fluent.search(feats, fluent_cfg, person,
+                                                None if ban is None else ban[searched])):
             hyps[b] = h
 
     def misses(b: int) -> bool:  # input b's best caption names none of the nouns the CNN is sure of
@@ -169,11 +182,14 @@ def decode_model(model, features: torch.Tensor, vocab: Vocabulary, cfg: DecodeCo
     todo = [b for b in range(len(hyps)) if nouns[b] and misses(b)]
     written = {b: "fluent" for b in range(len(hyps))}
     if todo and cfg.fusion > 0:
-        for b, h in zip(todo, decode(Fused(model.decoder, fluent, cfg.fusion), features[todo], vocab, cfg)):
+        fused = decode(Fused(model.decoder, fluent, cfg.fusion), features[todo], vocab, cfg,
+                       ban=None if ban is None else ban[todo])
+        for b, h in zip(todo, fused):
             hyps[b], written[b] = h, "fused"
         todo = [b for b in todo if misses(b)]
     if todo:
-        for b, h in zip(todo, decode(model.decoder, features[todo], vocab, cfg)):
+        for b, h in zip(todo, decode(model.decoder, features[todo], vocab, cfg,
+                                     ban=None if ban is None else ban[todo])):
             hyps[b], written[b] = h, "grounded"
     for b, h in enumerate(hyps):
         for hyp in h:

@@ -18,7 +18,9 @@
    person gate, the least strict at which the captions meet the person target above (both chosen without
    fusion); then the fusion weight (`--fusion`: 0, 0.25, 0.5, 1; see fluent.py), measured on val and everyday:
    among the weights that keep both everyday targets and do not lower val BLEU-4, the one with the highest
-   everyday CIDEr-D (the photos users bring), 0 if none;
+   everyday CIDEr-D (the photos users bring), 0 if none; then, for copy models, by the same rule, how little
+   the CNN must give a COCO object it could recognise before a caption may not name it (`--doubt-prob`: off,
+   0.001 .. 0.005; decoding.doubt_ban);
 3. score that setting once on the held-out **test** split (`captioner evaluate`'s code path, METEOR included;
    `--no-test` skips it, to compare candidate models on val and everyday before one is shipped) and record it
    as `held_out_scores` (with the grounding rates), with the val and everyday grids beside it;
@@ -54,6 +56,7 @@ PERSON_TARGET = 0.15  # at most this share of person-free photos may be captione
 GROUND_PROBS = (0.7, 0.5, 0.4, 0.3, 0.2)  # --fluent: ground_prob, the least handed over first
 SUBJECT_TARGET = 0.70  # --fluent: at least this share of everyday photos should have their subject named
 FUSIONS = (0.0, 0.25, 0.5, 1.0)  # --fluent: the weight of the fluent decoder fused into a handed-over caption
+DOUBTS = (0.0, 0.001, 0.002, 0.003, 0.005)  # copy models: below this the CNN doubts a COCO object (doubt_prob)
 
 
 def label(cfg: DecodeConfig) -> str:
@@ -61,7 +64,8 @@ def label(cfg: DecodeConfig) -> str:
     return (name + (f", require p >= {cfg.require_prob}" if cfg.require_object else "")
             + (f", person p >= {cfg.person_prob}" if cfg.person_gate else "")
             + (f", fluent unless p >= {cfg.ground_prob} missed, its person p >= {cfg.fluent_person_prob}, "
-               f"fusion {cfg.fusion}" if cfg.fluent else ""))
+               f"fusion {cfg.fusion}" if cfg.fluent else "")
+            + (f", doubt p < {cfg.doubt_prob}" if cfg.doubt_prob else ""))
 
 
 def half(state: dict) -> dict:
@@ -129,6 +133,20 @@ def main(argv=None) -> int:
                     gated = replace(cfg, **{field: p})
                     if on_everyday(gated)["person_hallucination"] <= PERSON_TARGET or p == PERSON_PROBS[-1]:
                         return gated
+            def best_of(cfg, field, values):
+                """Among the values (the first = off) that keep both everyday targets and do not lower val
+                BLEU-4 against the first, the one with the highest everyday CIDEr-D (the photos users bring)."""
+                tried = []
+                for value in values:
+                    c = replace(cfg, **{field: value})
+                    g, m = on_everyday(c), everyday_rows[-1][2]
+                    v = evaluate(cap, val, c, meteor=False, progress=False)[0]["metrics"]
+                    print(f"  {field} {value}: val BLEU-4 {v['BLEU-4']:.4f}, CIDEr-D {v['CIDEr-D']:.4f}; "
+                          f"everyday CIDEr-D {m['CIDEr-D']:.4f}")
+                    tried.append((c, g, m, v))
+                keep = [t for t in tried if t[1]["subject_named"] >= SUBJECT_TARGET and t[1]["person_hallucination"]
+                        <= PERSON_TARGET and t[3]["BLEU-4"] >= tried[0][3]["BLEU-4"]]
+                return max(keep, key=lambda t: t[2]["CIDEr-D"])[0] if keep else tried[0][0]
             if model_cfg.person_gate:
                 best = least_strict_gate(best, "person_prob")
             if model_cfg.copy_nouns:
@@ -152,17 +170,9 @@ def main(argv=None) -> int:
                 best = replace(best, fluent=True, fusion=0.0, ground_prob=met[0] if met else
                                max(tried, key=lambda t: (t[1]["subject_named"], t[0]))[0])
                 best = least_strict_gate(best, "fluent_person_prob")  # now on the captions users get
-                fused = []
-                for w in FUSIONS:
-                    cfg = replace(best, fusion=w)
-                    g, m = on_everyday(cfg), everyday_rows[-1][2]
-                    v = evaluate(cap, val, cfg, meteor=False, progress=False)[0]["metrics"]
-                    print(f"  fusion {w}: val BLEU-4 {v['BLEU-4']:.4f}, CIDEr-D {v['CIDEr-D']:.4f}; "
-                          f"everyday CIDEr-D {m['CIDEr-D']:.4f}")
-                    fused.append((cfg, g, m, v))
-                keep = [f for f in fused if f[1]["subject_named"] >= SUBJECT_TARGET and f[1]["person_hallucination"]
-                        <= PERSON_TARGET and f[3]["BLEU-4"] >= fused[0][3]["BLEU-4"]]
-                best = max(keep, key=lambda f: f[2]["CIDEr-D"])[0] if keep else fused[0][0]
+                best = best_of(best, "fusion", FUSIONS)
+            if model_cfg.copy_nouns:
+                best = best_of(best, "doubt_prob", DOUBTS)
             print(f"chosen on everyday: {label(best)}")
         val_report, _ = evaluate(cap, val, best, meteor=False, progress=False)  # what the choices cost on val
         print("val with the chosen setting:\n" + format_table([(label(best), val_report["metrics"])]) + "\n"

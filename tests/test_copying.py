@@ -8,8 +8,9 @@ import torch
 
 from captioner.config import DecodeConfig, ModelConfig, TrainConfig
 from captioner.datasets import read_captions
-from captioner.decoding import decode
+from captioner.decoding import decode, doubt_ban
 from captioner.errors import ConfigError
+from captioner.fluent import decode_model
 from captioner.inference import Captioner
 from captioner.media import load_image
 from captioner.model import build_model
@@ -135,6 +136,37 @@ def test_require_object_needs_a_copy_model_and_forces_the_word():
     plain = build_model(ModelConfig(embed_dim=16, hidden_dim=32), len(vocab)).eval()
     with pytest.raises(ConfigError, match="needs a copy model"):
         decode(plain.decoder, feats, vocab, DecodeConfig(require_object=True))
+
+
+def test_a_coco_object_the_cnn_doubts_may_not_be_said():
+    """doubt_ban: the forms of COCO's objects whose ImageNet classes the CNN gives less than the threshold
+    (summed over the noun's classes, by the table this code ships)."""
+    vocab = Vocabulary(list(SPECIALS) + "a on bird birds bear bears table tables dog dogs man kite grass".split())
+    probs = torch.full((1, 1000), 1e-6)
+    probs[0, 15] = 0.8  # a robin
+    probs[0, NOUNS.membership[:, NOUNS.index["dog"]].bool()] = 0.0005  # 121 classes: 0.06 of dog in all
+    ban = doubt_ban(probs, vocab, 0.001)[0]
+    assert {w for w, b in zip(vocab.itos, ban.tolist()) if b} == {"bear", "bears", "table", "tables"}
+    # not doubted: what it sees (bird, dog: a noun's classes add up), person words (the person detector's),
+    # words that are no COCO object (grass) or that no ImageNet class names (kite: the bird is not the toy)
+    assert not doubt_ban(probs, vocab, 1e-7).any()
+
+
+def test_a_copy_model_does_not_say_a_word_the_cnn_doubts():
+    model, vocab = copy_model()
+    feats = torch.randn(2, 1, 1280).relu()
+    with torch.no_grad():  # an untrained model made to generate "cat", not to copy
+        model.decoder.fc.bias[vocab.stoi["cat"]] += 8.0
+        model.decoder.copy.gate.bias += 6.0
+    cat = NOUNS.noun_probs(model.decoder.copy.class_probs(feats))[:, NOUNS.index["cat"]]  # (2,)
+    cfg = DecodeConfig(method="beam", beam_size=3, max_len=4, no_bad_endings=False)
+    said = [set(vocab.decode(h[0].tokens).split()) for h in decode_model(model, feats, vocab, cfg)]
+    assert all("cat" in s for s in said)
+    doubted = dataclasses.replace(cfg, doubt_prob=float(cat.max()) * 1.01)
+    said = [set(vocab.decode(h[0].tokens).split()) for h in decode_model(model, feats, vocab, doubted)]
+    assert not any({"cat", "cats"} & s for s in said), said
+    with pytest.raises(ConfigError, match="doubt_prob must be in"):
+        DecodeConfig(doubt_prob=1.0).validate()
 
 
 def test_a_copy_model_keeps_the_noun_table_it_was_trained_with(tmp_path):

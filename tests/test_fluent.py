@@ -116,6 +116,14 @@ def scripted(fluent) -> FluentDecoder:
     return FluentDecoder(fluent, OWN, SHARED, {})
 
 
+def test_the_fluent_search_keeps_to_words_banned_in_the_shared_vocabulary():
+    ban = torch.zeros(2, len(SHARED), dtype=torch.bool)
+    ban[0, SHARED.stoi["man"]] = True  # row 0 may not say "man"; words it does not have change nothing
+    ban[1, SHARED.stoi["snake"]] = True
+    hyps = scripted(Fluent()).search(torch.zeros(2, 1, 4), DecodeConfig(method="beam", beam_size=2), ban=ban)
+    assert words(hyps, SHARED) == ["a dog sitting on the grass", "a man sitting on the grass"]
+
+
 @pytest.mark.parametrize("method", ["greedy", "beam"])
 def test_the_fluent_caption_stands_unless_it_misses_a_noun_the_cnn_is_sure_of(method):
     model = SimpleNamespace(decoder=Grounded(), fluent=scripted(Fluent()))
