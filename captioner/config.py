@@ -220,8 +220,8 @@ class DecodeConfig:
     # where the photo is handed over, the grounded decoder's next-word log-probabilities plus `fusion` times the
     # fluent decoder's (shallow fusion); the fused caption is kept if it names a noun it was handed over for
     fusion: float = 0.25
-    # copy models: a noun the CNN can recognise (one of the copy head's) but gives less than doubt_prob may not be
-    # said, singular or plural (no "teddy bear" beside a robin the CNN is sure of); 0 = off
+    # copy models: a COCO object that ImageNet has classes for, but whose classes the CNN gives less than doubt_prob
+    # in all, may not be said, singular or plural (decoding.doubt_ban: no "a toilet" beside a bulldog); 0 = off
     doubt_prob: float = 0.0
 
     def validate(self) -> None:

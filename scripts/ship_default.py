@@ -133,6 +133,7 @@ def main(argv=None) -> int:
                     gated = replace(cfg, **{field: p})
                     if on_everyday(gated)["person_hallucination"] <= PERSON_TARGET or p == PERSON_PROBS[-1]:
                         return gated
+
             def best_of(cfg, field, values):
                 """Among the values (the first = off) that keep both everyday targets and do not lower val
                 BLEU-4 against the first, the one with the highest everyday CIDEr-D (the photos users bring)."""

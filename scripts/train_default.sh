@@ -10,9 +10,9 @@
 #      cross-entropy (best of up to 25 epochs by val BLEU-4; stopped after 14 in the shipped run), then 50 epochs
 #      of self-critical training (CIDEr-D reward; best epoch 48 by greedy val BLEU-4: 0.255, CIDEr-D 0.776);
 #   3. scripts/ship_default.py: decoding settings chosen on val (search) and on the development photos from
-#      outside COCO (--person-prob, --require-prob, --ground-prob and --fluent-person-prob; ship_default.py only
-#      captions and scores them), scored once on the held-out test split, written with both decoders into
-#      $OUT/default.pt (copy it to assets/default.pt to ship it).
+#      outside COCO (--person-prob, --require-prob, --ground-prob, --fluent-person-prob, --fusion and --doubt-prob,
+#      the last two on val too; ship_default.py only captions and scores them), scored once on the held-out test
+#      split, written with both decoders into $OUT/default.pt (copy it to assets/default.pt to ship it).
 # Training reads coco2017 train and Flickr8k train only (DATA_FLAGS); the development photos are never trained on.
 set -euo pipefail
 DATA="${DATA:-../shared/data}"

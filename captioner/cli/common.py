@@ -71,8 +71,8 @@ def add_decode_flags(p: argparse.ArgumentParser) -> None:
                    help="models with a fluent decoder: where the grounded decoder captions, add W x the fluent "
                         "decoder's log-probabilities to its own at each step (0 = the grounded decoder alone)")
     g.add_argument("--doubt-prob", dest="doubt_prob", type=float,
-                   help="copy models: a noun the CNN could recognise but is less than this sure of may not be "
-                        "said (0 = off)")
+                   help="copy models: a COCO object the CNN could recognise but is less than this sure of may "
+                        "not be said (0 = off)")
     g.add_argument("--fluent-person-prob", dest="fluent_person_prob", type=float,
                    help="how sure the person detector must be before the fluent decoder may say a person")
 
